@@ -1,0 +1,234 @@
+"""SST-2 as a ``LightningDataModule``: load with ``datasets``, split, tokenise, batch.
+
+Splits (GLUE, Wang et al. 2018; SST-2, Socher et al. 2013):
+
+- ``fit``: GLUE's train set (67,349 sentences) split ``1 - val_fraction`` / ``val_fraction``
+  with ``seed`` into train (60,614) and val (6,735);
+- ``test``: GLUE's labeled dev set (872 sentences), the number papers report;
+- ``predict``: GLUE's unlabeled test set (1,821 sentences).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from datasets import Dataset, DatasetDict, Value, load_dataset
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer, DataCollatorWithPadding
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from lora_lightning.hub import resolve_model_path
+
+HUB_DATASET = ("nyu-mll/glue", "sst2")
+FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
+
+
+class DataFileError(ValueError):
+    """A GLUE-format file is missing or malformed; the message names the file (and line)."""
+
+
+class EpochLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' ``LengthGroupedSampler`` with a per-epoch seed.
+
+    Shuffles indices, cuts them into mega-batches of ``50 * batch_size``, sorts each by
+    length (Trainer's ``group_by_length``). Lightning calls ``set_epoch`` before each epoch, so
+    the order depends only on ``(seed, epoch)``: a resumed run sees the same batches.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed + epoch)
+
+
+def find_data_dir(data_dir: str | None) -> Path | None:
+    """``data_dir`` if given, else ``$GLUE_DIR/SST-2`` if ``GLUE_DIR`` is set, else ``None`` (the Hub).
+
+    Raises:
+        DataFileError: the chosen folder does not exist.
+    """
+    if data_dir is None and os.environ.get("GLUE_DIR"):
+        data_dir = os.path.join(os.environ["GLUE_DIR"], "SST-2")
+        origin = "GLUE_DIR"
+    else:
+        origin = "data.data_dir"
+    if data_dir is None:
+        return None
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise DataFileError(f"{origin}: SST-2 folder {path} does not exist (expected train.tsv and dev.tsv in it)")
+    return path
+
+
+def read_split(path: Path, labeled: bool) -> Dataset:
+    """Read one GLUE-format TSV with ``datasets``' csv builder (tab-separated, no quoting).
+
+    Returns a ``Dataset`` with ``sentence`` (str) and, when ``labeled``, ``label`` (int 0/1);
+    an unlabeled file keeps its ``index`` column if it has one.
+
+    Raises:
+        DataFileError: missing or empty file, a missing column, or a label that is not 0 or 1
+            (the message gives file and line).
+    """
+    if not path.is_file():
+        raise DataFileError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataFileError(f"{path}: file is empty (expected a header row 'sentence<TAB>label')")
+    ds = load_dataset(
+        "csv",
+        data_files=str(path),
+        split="train",
+        delimiter="\t",
+        quoting=csv.QUOTE_NONE,
+        keep_default_na=False,
+        na_filter=False,
+    )
+    need = ["sentence", "label"] if labeled else ["sentence"]
+    missing = [c for c in need if c not in ds.column_names]
+    if missing:
+        raise DataFileError(f"{path}: missing column(s) {missing} in header; found {ds.column_names}")
+    if labeled:
+        bad = [i for i, v in enumerate(ds["label"]) if str(v) not in ("0", "1")]
+        if bad:
+            line = bad[0] + 2  # 1-based, after the header row
+            raise DataFileError(f"{path}, line {line}: label {ds[bad[0]]['label']!r} is not 0 or 1")
+        ds = ds.map(lambda b: {"label": [int(v) for v in b["label"]]}, batched=True)
+    if ds.features["sentence"].dtype != "string":
+        ds = ds.cast_column("sentence", Value("string"))
+    keep = need + (["index"] if "index" in ds.column_names and not labeled else [])
+    return ds.select_columns(keep)
+
+
+class SST2DataModule(pl.LightningDataModule):
+    """SST-2 (binary sentiment) for sequence classification.
+
+    Data source, first that applies: ``data_dir`` (a GLUE-format ``SST-2`` folder with
+    ``train.tsv``, ``dev.tsv`` and optionally ``test.tsv``), ``$GLUE_DIR/SST-2``, the Hub's
+    ``nyu-mll/glue`` (config ``sst2``).
+
+    Args:
+        model_name_or_path: the model whose fast tokenizer is used (linked to the model's by the CLI).
+        data_dir: GLUE-format SST-2 folder; ``None`` for ``$GLUE_DIR/SST-2`` or the Hub.
+        batch_size: training sentences per optimizer step.
+        eval_batch_size: sentences per validation/test/predict batch.
+        max_length: tokens per sentence at most (including [CLS] and [SEP]); longer are truncated.
+        val_fraction: share of GLUE's train set held out as the val split, in (0, 1).
+        seed: seed of the train/val split and of the length-grouped shuffle.
+        group_by_length: batch training sentences of similar length (less padding).
+        max_train_samples: use only the first N sentences of the train split (for quick runs).
+        max_eval_samples: use only the first N sentences of the val and test splits.
+        num_workers: DataLoader worker processes.
+
+    Raises:
+        ValueError: ``val_fraction`` outside (0, 1), ``max_length`` < 2, ``batch_size`` < 1.
+        DataFileError: see ``read_split``.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2",
+        data_dir: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        max_length: int = 128,
+        val_fraction: float = 0.1,
+        seed: int = 42,
+        group_by_length: bool = True,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        if max_length < 2:
+            raise ValueError(f"data.max_length must be >= 2 tokens, got {max_length}")
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}")
+        self.save_hyperparameters()
+        self.tokenizer = None
+        self.datasets: dict[str, Dataset] = {}
+
+    def load_raw(self) -> DatasetDict:
+        """GLUE's SST-2 as ``train`` / ``validation`` (/ ``test``) with ``sentence`` and ``label``."""
+        path = find_data_dir(self.hparams.data_dir)
+        if path is None:
+            raw = load_dataset(*HUB_DATASET)
+            return DatasetDict({k: raw[k].remove_columns("idx") if k != "test" else raw[k] for k in raw})
+        splits = {"train": read_split(path / FILES["train"], True), "validation": read_split(path / FILES["validation"], True)}
+        if (path / FILES["test"]).is_file():
+            splits["test"] = read_split(path / FILES["test"], False)
+        return DatasetDict(splits)
+
+    def prepare_data(self) -> None:
+        """Download / cache the raw data and the tokenizer once (no state is set)."""
+        self.load_raw()
+        AutoTokenizer.from_pretrained(resolve_model_path(self.hparams.model_name_or_path))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load, split and tokenise; assigns ``self.datasets[name]`` for ``train``/``val``/``test``/``predict``."""
+        if self.datasets:
+            return
+        hp = self.hparams
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(hp.model_name_or_path))
+        model_max = getattr(self.tokenizer, "model_max_length", None)
+        if model_max is not None and model_max < 10**6 and hp.max_length > model_max:
+            raise ValueError(f"data.max_length={hp.max_length} exceeds the model's limit of {model_max} tokens")
+        raw = self.load_raw()
+        split = raw["train"].train_test_split(test_size=hp.val_fraction, seed=hp.seed)
+        parts = {"train": split["train"], "val": split["test"], "test": raw["validation"]}
+        if "test" in raw:
+            parts["predict"] = raw["test"]
+        if hp.max_train_samples is not None:
+            parts["train"] = parts["train"].select(range(min(hp.max_train_samples, len(parts["train"]))))
+        if hp.max_eval_samples is not None:
+            for k in ("val", "test"):
+                parts[k] = parts[k].select(range(min(hp.max_eval_samples, len(parts[k]))))
+        self.datasets = {k: self._tokenize(ds) for k, ds in parts.items()}
+
+    def _tokenize(self, ds: Dataset) -> Dataset:
+        tok, max_length = self.tokenizer, self.hparams.max_length
+
+        def encode(batch):
+            enc = tok(batch["sentence"], truncation=True, max_length=max_length)
+            enc["length"] = [len(ids) for ids in enc["input_ids"]]
+            return enc
+
+        ds = ds.map(encode, batched=True, desc="Tokenizing")
+        if "label" in ds.column_names:
+            ds = ds.rename_column("label", "labels")
+        model_inputs = ("input_ids", "token_type_ids", "attention_mask", "labels", "length")
+        return ds.remove_columns([c for c in ds.column_names if c not in model_inputs])
+
+    def _loader(self, name: str, train: bool = False) -> DataLoader:
+        ds = self.datasets[name]
+        hp = self.hparams
+        collate = DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
+        features = ds.remove_columns("length")
+        if not train:
+            return DataLoader(features, batch_size=hp.eval_batch_size, collate_fn=collate, num_workers=hp.num_workers)
+        if hp.group_by_length:
+            sampler = EpochLengthGroupedSampler(hp.batch_size, ds["length"], hp.seed)
+            return DataLoader(features, batch_size=hp.batch_size, sampler=sampler, collate_fn=collate, num_workers=hp.num_workers)
+        return DataLoader(features, batch_size=hp.batch_size, shuffle=True, collate_fn=collate, num_workers=hp.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        if "predict" not in self.datasets:
+            raise DataFileError("predict needs GLUE's test.tsv in the SST-2 folder, which was not found")
+        return self._loader("predict")

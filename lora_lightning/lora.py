@@ -1,0 +1,251 @@
+"""Low-Rank Adaptation (LoRA) of linear layers, written out by hand.
+
+Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", arXiv:2106.09685.
+
+A frozen linear layer ``h = W0 x + b`` gets a trainable low-rank update::
+
+    h = W0 x + b + (lora_alpha / r) * B A x
+
+              x (.., in_features)
+              |
+      +-------+---------------+
+      |                       |
+   W0 (frozen)       dropout -> A (r, in_features)   Kaiming-uniform init
+      |                       |
+      |                       B (out_features, r)    zero init
+      |                       |  * scaling = lora_alpha / r
+      +---------(+)-----------+
+                 |
+              h (.., out_features)
+
+Because ``B`` starts at zero the wrapped layer is exactly the original layer at
+initialisation. ``merge()`` folds ``scaling * B @ A`` into ``W0`` for inference at the
+base model's cost; ``unmerge()`` takes it out again.
+
+This module imports torch only: it knows nothing of transformers or Lightning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "LoRALinear",
+    "inject_lora",
+    "mark_only_lora_as_trainable",
+    "merge_lora",
+    "unmerge_lora",
+    "count_parameters",
+]
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a trainable rank-``r`` update ``scaling * B @ A``.
+
+    The wrapped layer is kept as ``base_layer`` (the same attribute name PEFT uses), so
+    its weights keep their values and the wrapper can be merged back into a plain Linear.
+
+    Args:
+        base_layer: the linear layer to adapt; its parameters are frozen in place.
+        r: rank of the update, ``>= 1``.
+        lora_alpha: numerator of ``scaling = lora_alpha / r``, ``> 0``.
+        lora_dropout: dropout probability on the LoRA branch's input, in ``[0, 1)``.
+
+    Attributes:
+        lora_A: ``(r, in_features)``, Kaiming-uniform (``a=sqrt(5)``) at init.
+        lora_B: ``(out_features, r)``, zeros at init.
+        scaling: ``lora_alpha / r`` (a float).
+        merged: whether ``scaling * B @ A`` is currently folded into ``base_layer.weight``.
+
+    Raises:
+        TypeError: ``base_layer`` is not an ``nn.Linear``.
+        ValueError: ``r``, ``lora_alpha`` or ``lora_dropout`` out of range.
+    """
+
+    def __init__(
+        self, base_layer: nn.Linear, r: int = 4, lora_alpha: float = 16.0, lora_dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base_layer).__name__}")
+        check_lora_args(r, lora_alpha, lora_dropout)
+        self.base_layer = base_layer
+        self.base_layer.requires_grad_(False)
+        self.in_features = base_layer.in_features
+        self.out_features = base_layer.out_features
+        self.r = int(r)
+        self.lora_alpha = float(lora_alpha)
+        self.scaling = self.lora_alpha / self.r
+        weight = base_layer.weight
+        self.lora_A = nn.Parameter(torch.empty(self.r, self.in_features, dtype=weight.dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.empty(self.out_features, self.r, dtype=weight.dtype, device=weight.device))
+        self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        self.merged = False
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self) -> None:
+        """A: Kaiming-uniform with ``a=sqrt(5)`` (as ``nn.Linear`` inits its weight); B: zeros."""
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update ``scaling * B @ A``, shape ``(out_features, in_features)``."""
+        return (self.lora_B @ self.lora_A) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: (..., in_features) -> (..., out_features)``.
+
+        Unmerged, the update runs through the rank-``r`` bottleneck (``x A^T`` then ``B^T``),
+        never materialising the ``(out_features, in_features)`` product.
+        """
+        result = self.base_layer(x)
+        if self.merged:
+            return result
+        h = F.linear(self.lora_dropout(x), self.lora_A)  # (..., r)
+        return result + F.linear(h, self.lora_B) * self.scaling  # (..., out_features)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold ``scaling * B @ A`` into ``base_layer.weight``. Idempotent: a second call is a no-op."""
+        if self.merged:
+            return
+        weight = self.base_layer.weight
+        weight += self.delta_weight().to(weight.dtype)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract ``scaling * B @ A`` from ``base_layer.weight``. A no-op when not merged."""
+        if not self.merged:
+            return
+        weight = self.base_layer.weight
+        weight -= self.delta_weight().to(weight.dtype)
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, lora_alpha={self.lora_alpha:g}, scaling={self.scaling:g}, merged={self.merged}"
+
+
+def check_lora_args(r: int, lora_alpha: float, lora_dropout: float) -> None:
+    """Raise one ``ValueError`` naming the first LoRA option out of range."""
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"r must be an integer >= 1, got r={r!r}")
+    if not lora_alpha > 0:
+        raise ValueError(f"lora_alpha must be > 0, got lora_alpha={lora_alpha!r}")
+    if not 0 <= lora_dropout < 1:
+        raise ValueError(f"lora_dropout must be in [0, 1), got lora_dropout={lora_dropout!r}")
+
+
+def _matches(name: str, targets: Iterable[str]) -> bool:
+    """PEFT's rule: the qualified name equals a target or ends with ``"." + target``."""
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def inject_lora(
+    model: nn.Module,
+    target_modules: Sequence[str] = ("query", "value"),
+    r: int = 4,
+    lora_alpha: float = 16.0,
+    lora_dropout: float = 0.1,
+) -> list[str]:
+    """Wrap every ``nn.Linear`` of ``model`` whose qualified name matches a target in a ``LoRALinear``.
+
+    A name matches a target when it equals it or ends with ``"." + target``; so ``query``
+    matches ``bert.encoder.layer.0.attention.self.query``, and a bare ``dense`` would also
+    match BERT's pooler (name ``attention.output.dense`` to be precise). The wrapper is set on
+    the parent module in place of the Linear (wrap, don't subclass). Base weights are not
+    frozen here beyond the wrapped layers: call ``mark_only_lora_as_trainable`` for that.
+
+    Args:
+        model: any module; changed in place.
+        target_modules: names or name suffixes of the Linear layers to adapt.
+        r, lora_alpha, lora_dropout: see ``LoRALinear``.
+
+    Returns:
+        The qualified names of the replaced layers, in module order.
+
+    Raises:
+        ValueError: bad ``r`` / ``lora_alpha`` / ``lora_dropout``; an empty ``target_modules``;
+            a target that matches no ``nn.Linear`` (the message lists the Linear names that
+            exist); ``model`` already holds LoRA layers (injecting twice).
+    """
+    check_lora_args(r, lora_alpha, lora_dropout)
+    if isinstance(target_modules, str):
+        target_modules = [target_modules]
+    targets = list(target_modules)
+    if not targets:
+        raise ValueError("target_modules is empty: name at least one nn.Linear to adapt, e.g. ['query', 'value']")
+    already = [name for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+    if already:
+        raise ValueError(f"model already has LoRA layers (e.g. {already[0]!r}): inject_lora was called twice")
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    unmatched = [t for t in targets if not any(_matches(n, [t]) for n in linears)]
+    if unmatched:
+        suffixes = sorted({n.rsplit(".", 1)[-1] for n in linears})
+        raise ValueError(
+            f"target_modules {unmatched} matched no nn.Linear; Linear names end with {suffixes} "
+            f"(e.g. {linears[:3]})"
+        )
+    replaced = [n for n in linears if _matches(n, targets)]
+    for name in replaced:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, LoRALinear(getattr(parent, child), r, lora_alpha, lora_dropout))
+    return replaced
+
+
+def mark_only_lora_as_trainable(model: nn.Module, modules_to_save: Sequence[str] = ("classifier",)) -> list[str]:
+    """Freeze every parameter except ``lora_A`` / ``lora_B`` and those of ``modules_to_save``.
+
+    Args:
+        model: a module with LoRA injected; changed in place.
+        modules_to_save: module names or name suffixes (same rule as ``target_modules``) that
+            train in full, e.g. the task head ``classifier``.
+
+    Returns:
+        The names of the trainable parameters.
+
+    Raises:
+        ValueError: ``model`` has no LoRA layer, or a ``modules_to_save`` entry matches no module.
+    """
+    if not any(isinstance(m, LoRALinear) for m in model.modules()):
+        raise ValueError("model has no LoRA layers: call inject_lora first")
+    module_names = [name for name, _ in model.named_modules()]
+    unmatched = [t for t in modules_to_save if not any(_matches(n, [t]) for n in module_names)]
+    if unmatched:
+        raise ValueError(f"modules_to_save {unmatched} matched no module of {type(model).__name__}")
+    saved_prefixes = [n + "." for n in module_names if n and _matches(n, modules_to_save)]
+    trainable = []
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        train = leaf in ("lora_A", "lora_B") or any(name.startswith(pre) for pre in saved_prefixes)
+        p.requires_grad_(train)
+        if train:
+            trainable.append(name)
+    return trainable
+
+
+def merge_lora(model: nn.Module) -> None:
+    """``merge()`` every ``LoRALinear`` in ``model`` (idempotent)."""
+    for m in model.modules():
+        if isinstance(m, LoRALinear):
+            m.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    """``unmerge()`` every ``LoRALinear`` in ``model`` (idempotent)."""
+    for m in model.modules():
+        if isinstance(m, LoRALinear):
+            m.unmerge()
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """Return ``(trainable, total)`` parameter counts (numbers of scalars)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,140 @@
+"""``LoRAClassifier``: a LoRA-patched ``BertForSequenceClassification`` as a ``LightningModule``."""
+
+from __future__ import annotations
+
+import torch
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_info
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryF1Score
+from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+
+from lora_lightning.hub import hub_error, resolve_model_path
+from lora_lightning.lora import count_parameters, inject_lora, mark_only_lora_as_trainable
+
+ID2LABEL = {0: "negative", 1: "positive"}
+
+
+def load_backbone(model_name_or_path: str) -> nn.Module:
+    """``AutoModelForSequenceClassification`` with 2 labels (``negative``/``positive``).
+
+    The classifier head is new (randomly initialised from the global seed); everything else
+    comes from ``model_name_or_path``. Remote code is never run.
+
+    Raises:
+        OSError: the model cannot be found locally, in a package, or on the Hub (one line
+            that says how to point at a local folder).
+    """
+    path = resolve_model_path(model_name_or_path)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()},
+            trust_remote_code=False,
+        )
+    except OSError as error:
+        raise hub_error(model_name_or_path, error) from None
+
+
+class LoRAClassifier(pl.LightningModule):
+    """Binary sentence classifier: a frozen pretrained encoder with LoRA (Hu et al. 2021,
+    arXiv:2106.09685) in its attention, plus a trained classification head.
+
+    Batches are dicts from ``SST2DataModule``: ``input_ids``/``attention_mask``/``token_type_ids``
+    of shape ``(B, T)`` and ``labels`` of shape ``(B,)``; logits are ``(B, 2)``.
+
+    Args:
+        model_name_or_path: Hub id or local folder of a BERT-like encoder.
+        r: LoRA rank.
+        lora_alpha: LoRA scaling numerator; the update is scaled by ``lora_alpha / r``.
+        lora_dropout: dropout probability on the LoRA branch input.
+        target_modules: names or suffixes of the ``nn.Linear`` layers that get LoRA.
+        train_pooler: also train BERT's pooler (frozen by default).
+        learning_rate: peak AdamW learning rate.
+        weight_decay: AdamW weight decay (decoupled).
+        warmup_ratio: share of the optimizer steps spent warming up linearly from 0,
+            then decaying linearly to 0.
+
+    Raises:
+        ValueError: bad LoRA options or targets (see ``inject_lora``), ``warmup_ratio``
+            outside [0, 1), ``learning_rate <= 0``.
+        OSError: the model cannot be loaded (see ``load_backbone``).
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2",
+        r: int = 4,
+        lora_alpha: float = 16.0,
+        lora_dropout: float = 0.1,
+        target_modules: list[str] = ["query", "value"],  # noqa: B006 (LightningCLI shows the default)
+        train_pooler: bool = False,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.06,
+    ) -> None:
+        super().__init__()
+        if not learning_rate > 0:
+            raise ValueError(f"model.learning_rate must be > 0, got {learning_rate}")
+        if not 0 <= warmup_ratio < 1:
+            raise ValueError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        self.save_hyperparameters()
+        self.model = load_backbone(model_name_or_path)
+        self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
+        try:
+            self.lora_modules = inject_lora(self.model, list(target_modules), r, lora_alpha, lora_dropout)
+        except ValueError as error:
+            raise ValueError(f"model: {error}") from None
+        modules_to_save = ["classifier"] + (["pooler"] if train_pooler else [])
+        mark_only_lora_as_trainable(self.model, modules_to_save)
+        self.loss_fn = nn.CrossEntropyLoss()
+        metrics = MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score()})
+        self.val_metrics = metrics.clone(prefix="val_")
+        self.test_metrics = metrics.clone(prefix="test_")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids ``(B, T)`` -> logits ``(B, 2)``."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+    def _shared_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns ``(loss, preds (B,), labels (B,))``."""
+        labels = batch["labels"]
+        logits = self(**{k: v for k, v in batch.items() if k != "labels"})
+        return self.loss_fn(logits, labels), logits.argmax(-1), labels
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _, labels = self._shared_step(batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=labels.numel())
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str, metrics: MetricCollection) -> None:
+        loss, preds, labels = self._shared_step(batch)
+        metrics.update(preds, labels)
+        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=labels.numel(), sync_dist=True)
+        self.log_dict(metrics, prog_bar=True, batch_size=labels.numel())
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Class probabilities ``(B, 2)`` (softmax of the logits)."""
+        return self(**{k: v for k, v in batch.items() if k != "labels"}).softmax(-1)
+
+    def on_fit_start(self) -> None:
+        trainable, total = count_parameters(self.model)
+        rank_zero_info(
+            f"LoRA r={self.hparams.r} on {len(self.lora_modules)} layers ({', '.join(self.hparams.target_modules)}): "
+            f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+        )
+
+    def configure_optimizers(self):
+        """AdamW over the trainable parameters only; linear warm-up then linear decay, per step."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        total = self.trainer.estimated_stepping_batches
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.hparams.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
