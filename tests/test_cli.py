@@ -1,0 +1,64 @@
+"""The LightningCLI entry point (cli.py) and the YAML configs."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lora_lightning.cli import cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_config_parses(config, capsys):
+    """Each YAML is plain LightningCLI config: it validates against the signatures (no model load)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(ROOT / "configs/sst2.yaml"), "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert "model_name_or_path" not in resolved["data"]  # linked: set once, on the model
+    expected = "bert-base-uncased" if "bert-base" in config.name else "sentence-transformers/all-MiniLM-L6-v2"
+    assert resolved["model"]["model_name_or_path"] == expected
+    assert resolved["model"]["r"] == 4 and resolved["model"]["lora_alpha"] == 16
+
+
+def test_unknown_key_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(ROOT / "configs/sst2.yaml"), "--model.rank", "3"])
+    assert exit_info.value.code != 0
+    assert "rank" in capsys.readouterr().err
+
+
+def test_fit_validate_test_on_real_data(tmp_path, glue_dir, packaged_model):
+    """fit writes TensorBoard events and checkpoints; validate --ckpt_path gives back the logged val_acc exactly."""
+    common = [
+        "--config", str(ROOT / "configs/sst2.yaml"),
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false",
+        "--data.data_dir", glue_dir,
+        "--data.max_eval_samples", "320",
+        "--trainer.log_every_n_steps", "5",
+    ]
+    cli = cli_main(["fit", *common, "--data.max_train_samples", "960", "--trainer.max_epochs", "2",
+                   "--model.learning_rate", "5e-3"])
+    log_dir = Path(cli.trainer.log_dir)
+    assert list(log_dir.glob("events.out.tfevents.*"))
+    assert (log_dir / "config.yaml").is_file()
+    ckpt = cli.trainer.checkpoint_callback
+    assert Path(ckpt.last_model_path).name == "last.ckpt"
+    best = Path(ckpt.best_model_path)
+    assert best.is_file() and best.parent == log_dir / "checkpoints"
+    logged = float(ckpt.best_model_score)
+    print(logged)
+    assert 0.7 < logged <= 1.0
+
+    validated = cli_main(["validate", *common, "--ckpt_path", str(best)])
+    assert float(validated.trainer.callback_metrics["val_acc"]) == logged  # equal, not approximately
+
+    tested = cli_main(["test", *common, "--ckpt_path", str(best)])
+    assert 0.6 < float(tested.trainer.callback_metrics["test_acc"]) <= 1.0
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    assert state["hyper_parameters"]["r"] == 4
