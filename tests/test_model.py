@@ -4,14 +4,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from conftest import quiet_trainer
 from lora_lightning.data import SST2DataModule
 from lora_lightning.model import LoRAClassifier
 
 
-def trainer(**kw) -> pl.Trainer:
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False, deterministic=True)
-    return pl.Trainer(**{**defaults, **kw})
+trainer = quiet_trainer
 
 
 def test_trainable_parameters_exact(tiny_model_dir):

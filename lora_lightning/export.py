@@ -1,0 +1,134 @@
+"""Export a trained checkpoint out of this package: a merged transformers folder or a PEFT adapter.
+
+``python -m lora_lightning export --ckpt_path CKPT --output_dir DIR --format merged|adapter``
+
+- ``merged``: LoRA folded into the weights (``W0 + lora_alpha / r * B A``), saved as a plain Hugging
+  Face folder (``config.json`` with ``id2label``, ``model.safetensors``, tokenizer files) that
+  ``AutoModelForSequenceClassification`` and ``pipeline("text-classification")`` load as is.
+- ``adapter``: the PEFT LoRA format (``adapter_config.json`` + ``adapter_model.safetensors``, the
+  trained head under its plain name as PEFT saves ``modules_to_save``), which
+  ``peft.PeftModel.from_pretrained(base, DIR)`` loads. Written with ``json`` and ``safetensors``;
+  this package never imports ``peft``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from safetensors.torch import save_file
+from torch import nn
+from transformers import AutoTokenizer
+
+from lora_lightning.hub import resolve_model_path
+from lora_lightning.lora import LoRALinear
+
+
+def unwrap_lora(model: nn.Module) -> nn.Module:
+    """Merge every ``LoRALinear`` and put its ``base_layer`` back in its place (in place).
+
+    Returns ``model``, now made of plain ``nn.Linear`` layers, with the same outputs.
+    """
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, module.base_layer)
+    return model
+
+
+def peft_adapter(model: nn.Module, hparams: dict, modules_to_save: list[str]) -> tuple[dict, dict]:
+    """``(adapter_config, tensors)`` in PEFT's LoRA format for a LoRA-injected HF model.
+
+    Keys are ``base_model.model.<name>.lora_A.weight`` ``(r, in)`` / ``.lora_B.weight`` ``(out, r)``,
+    and ``base_model.model.<name>`` for every other trainable parameter (the ``modules_to_save``).
+    """
+    tensors = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            tensors[f"base_model.model.{name}.lora_A.weight"] = module.lora_A.detach()
+            tensors[f"base_model.model.{name}.lora_B.weight"] = module.lora_B.detach()
+    for name, p in model.named_parameters():
+        if p.requires_grad and not name.endswith(("lora_A", "lora_B")):
+            tensors[f"base_model.model.{name}"] = p.detach()
+    config = {
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS",
+        "base_model_name_or_path": hparams["model_name_or_path"],
+        "r": hparams["r"],
+        "lora_alpha": hparams["lora_alpha"],
+        "lora_dropout": hparams["lora_dropout"],
+        "target_modules": list(hparams["target_modules"]),
+        "modules_to_save": modules_to_save,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "use_dora": False,
+    }
+    return config, {k: v.contiguous().cpu() for k, v in tensors.items()}
+
+
+def export(
+    ckpt_path: str,
+    output_dir: str,
+    format: Literal["merged", "adapter"] = "merged",  # noqa: A002 (the CLI option's name)
+    overwrite: bool = False,
+) -> Path:
+    """Export a ``LoRAClassifier`` checkpoint to ``output_dir``.
+
+    Args:
+        ckpt_path: a checkpoint written by ``fit`` (adapter-sized: the base is rebuilt from its
+            ``model_name_or_path``).
+        output_dir: folder to create; it must not exist unless ``overwrite``.
+        format: ``merged`` (plain transformers folder) or ``adapter`` (PEFT LoRA folder).
+        overwrite: replace an existing ``output_dir``.
+
+    Returns:
+        the output folder.
+
+    Raises:
+        FileExistsError: ``output_dir`` exists and ``overwrite`` is false.
+        FileNotFoundError / ValueError: the checkpoint is missing or does not fit (see
+            ``LoRAClassifier.load_from_checkpoint``).
+    """
+    from lora_lightning.model import LoRAClassifier  # Lightning stays out of the export helpers above
+
+    out = Path(output_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"output_dir {out} exists: pass --overwrite true to replace it")
+    module = LoRAClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
+    model = module.model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(module.hparams.model_name_or_path))
+    # Write next to the target, then swap it in: a failed export leaves the old folder intact.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if format == "merged":
+            unwrap_lora(model).save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        elif format == "adapter":
+            config, tensors = peft_adapter(model, dict(module.hparams), module.modules_to_save)
+            (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+            save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+            tokenizer.save_pretrained(tmp)
+        else:
+            raise ValueError(f"--format must be 'merged' or 'adapter', got {format!r}")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def export_main(args: list[str] | None = None) -> Path:
+    """``python -m lora_lightning export ...``: ``export``'s arguments as options (jsonargparse)."""
+    from jsonargparse import CLI
+
+    return CLI(export, args=args, as_positional=False)

@@ -1,0 +1,63 @@
+"""Write predictions in input order: a GLUE submission file, or ``sentence, label, probability``."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.utilities import rank_zero_info
+
+
+class SST2PredictionWriter(BasePredictionWriter):
+    """Writes ``predict``'s class probabilities to a TSV once the predict epoch ends.
+
+    For GLUE's ``test.tsv`` (rows with an ``index``) it writes GLUE's submission format
+    ``index<TAB>prediction`` (0/1); for a plain text file (``--data.predict_file``) it writes
+    ``sentence<TAB>label<TAB>probability`` (label name, probability of that label), one row per
+    input line, in input order.
+
+    Args:
+        output_path: file to write; ``None`` writes ``predictions.tsv`` in the run's log folder.
+            An existing file is never overwritten unless ``overwrite``.
+        overwrite: replace an existing ``output_path``.
+
+    Raises:
+        FileExistsError: ``output_path`` exists (checked before predicting).
+    """
+
+    def __init__(self, output_path: str | None = None, overwrite: bool = False) -> None:
+        super().__init__(write_interval="epoch")
+        self.output_path = output_path
+        self.overwrite = overwrite
+
+    def _path(self, trainer) -> Path:
+        if self.output_path is not None:
+            return Path(self.output_path)
+        return Path(trainer.log_dir or ".") / "predictions.tsv"
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        path = self._path(trainer)
+        if path.exists() and not self.overwrite:
+            raise FileExistsError(f"{path} exists: pick another output_path or set overwrite: true")
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        probs = torch.cat([p for p in predictions]).float().cpu()  # (N, num_labels)
+        rows = trainer.datamodule.predict_rows()
+        if len(rows) != len(probs):
+            raise RuntimeError(f"{len(probs)} predictions for {len(rows)} input rows")
+        labels = probs.argmax(-1).tolist()
+        id2label = pl_module.model.config.id2label
+        path = self._path(trainer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+            if "index" in rows.column_names:
+                writer.writerow(["index", "prediction"])
+                writer.writerows(zip(rows["index"], labels))
+            else:
+                writer.writerow(["sentence", "label", "probability"])
+                for sentence, label, p in zip(rows["sentence"], labels, probs.tolist()):
+                    writer.writerow([sentence, id2label[label], f"{p[label]:.6f}"])
+        rank_zero_info(f"Wrote {len(labels)} predictions to {path}")

@@ -1,0 +1,72 @@
+"""Adapter-sized checkpoints (model.py hooks): what is saved, round trips, and refusals by name."""
+
+import pytest
+import torch
+
+from conftest import SENTENCES, quiet_trainer, sentence_batch
+from lora_lightning.data import SST2DataModule
+from lora_lightning.model import LoRAClassifier
+
+
+def logits(module: LoRAClassifier, model_dir: str) -> torch.Tensor:
+    module.eval()
+    with torch.no_grad():
+        return module(**sentence_batch(model_dir))
+
+
+def test_checkpoint_holds_only_trainable_tensors(tiny_ckpt, tiny_model_dir):
+    """C01 (peft #310): the head is in the saved state; the frozen base is not."""
+    state = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    expected = {f"model.bert.encoder.layer.{i}.attention.self.{t}.lora_{m}" for i in range(2)
+                for t in ("query", "value") for m in "AB"} | {"model.classifier.weight", "model.classifier.bias"}
+    assert set(state["state_dict"]) == expected
+    assert not any("base_layer" in k or "embeddings" in k for k in state["state_dict"])
+    assert state["hyper_parameters"]["r"] == 4 and "optimizer_states" in state
+
+
+def test_round_trip_identical_logits(tiny_ckpt, tiny_model_dir):
+    first = LoRAClassifier.load_from_checkpoint(tiny_ckpt, map_location="cpu")
+    torch.manual_seed(123)  # a different random head before loading must not matter
+    second = LoRAClassifier.load_from_checkpoint(tiny_ckpt, map_location="cpu")
+    assert torch.equal(logits(first, tiny_model_dir), logits(second, tiny_model_dir))
+    fresh = LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8)
+    assert not torch.allclose(logits(fresh, tiny_model_dir), logits(first, tiny_model_dir), atol=1e-4)
+    state = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert torch.equal(first.model.classifier.weight, state["model.classifier.weight"])
+
+
+def test_wrong_rank_is_refused_by_name(tiny_ckpt):
+    with pytest.raises(ValueError, match=r"'model.bert.encoder.layer.0.attention.self.query.lora_A' has shape "
+                                         r"\(4, 32\) in the checkpoint but \(8, 32\) in the model"):
+        LoRAClassifier.load_from_checkpoint(tiny_ckpt, map_location="cpu", r=8)
+
+
+def test_missing_head_is_refused(tiny_ckpt, tmp_path):
+    """C01: a checkpoint without the head is an error naming it, never a silently random head."""
+    state = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    del state["state_dict"]["model.classifier.weight"]
+    torch.save(state, tmp_path / "no-head.ckpt")
+    with pytest.raises(ValueError, match=r"key 'model.classifier.weight' of shape \(2, 32\) is missing"):
+        LoRAClassifier.load_from_checkpoint(tmp_path / "no-head.ckpt", map_location="cpu")
+
+
+def test_other_targets_are_refused(tiny_ckpt):
+    with pytest.raises(ValueError, match=r"attention.self.key.lora_A' of shape \(4, 32\) is missing"):
+        LoRAClassifier.load_from_checkpoint(tiny_ckpt, map_location="cpu", target_modules=["query", "key", "value"])
+
+
+def test_resume_and_merged_inference(tiny_ckpt, tiny_model_dir, toy_glue_dir):
+    """fit --ckpt_path resumes from an adapter-sized checkpoint; merged test == unmerged test."""
+    model = LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8, learning_rate=1e-2)
+    dm = SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir, batch_size=16)
+    trainer = quiet_trainer(max_steps=8, limit_val_batches=0)
+    trainer.fit(model, dm, ckpt_path=tiny_ckpt)
+    assert trainer.global_step == 8
+    unmerged = quiet_trainer().test(model, dm, verbose=False)[0]
+    merged_model = LoRAClassifier.load_from_checkpoint(tiny_ckpt, map_location="cpu", merge_for_inference=True)
+    plain_model = LoRAClassifier.load_from_checkpoint(tiny_ckpt, map_location="cpu")
+    a = quiet_trainer().test(merged_model, dm, verbose=False)[0]
+    b = quiet_trainer().test(plain_model, dm, verbose=False)[0]
+    assert a["test_acc"] == b["test_acc"] and abs(a["test_loss"] - b["test_loss"]) < 1e-5
+    assert not any(m.merged for m in merged_model.modules() if hasattr(m, "merged"))  # unmerged after test
+    assert len(SENTENCES) == 4 and 0 <= unmerged["test_acc"] <= 1

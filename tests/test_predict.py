@@ -1,0 +1,50 @@
+"""predict.py and data.predict_file: one prediction per input line, in order, never a crash."""
+
+import csv
+
+import pytest
+
+from conftest import quiet_trainer
+from lora_lightning.data import SST2DataModule
+from lora_lightning.model import LoRAClassifier
+from lora_lightning.predict import SST2PredictionWriter
+
+
+def run_predict(tiny_ckpt, tiny_model_dir, toy_glue_dir, out, **dm_kw):
+    model = LoRAClassifier.load_from_checkpoint(tiny_ckpt, map_location="cpu")
+    dm = SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir, max_length=8, **dm_kw)
+    quiet_trainer(callbacks=[SST2PredictionWriter(str(out))]).predict(model, dm, return_predictions=False)
+    with open(out, newline="") as f:
+        return list(csv.reader(f, delimiter="\t"))
+
+
+def test_text_file_rows_in_order(tiny_ckpt, tiny_model_dir, toy_glue_dir, tmp_path):
+    lines = ["the film is great", "", "a dull movie", "the plot is " + "very " * 40 + "poor", "boring\tfilm"]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n")
+    rows = run_predict(tiny_ckpt, tiny_model_dir, toy_glue_dir, tmp_path / "out.tsv", predict_file=str(src))
+    assert rows[0] == ["sentence", "label", "probability"]
+    assert [r[0] for r in rows[1:]] == lines  # 5 rows, input order, empty and long lines included
+    assert all(r[1] in {"negative", "positive"} and 0.5 <= float(r[2]) <= 1 for r in rows[1:])
+
+
+def test_glue_submission_format(tiny_ckpt, tiny_model_dir, toy_glue_dir, tmp_path):
+    rows = run_predict(tiny_ckpt, tiny_model_dir, toy_glue_dir, tmp_path / "SST-2.tsv")
+    assert rows[0] == ["index", "prediction"]
+    assert [r[0] for r in rows[1:]] == [str(i) for i in range(10)] and {r[1] for r in rows[1:]} <= {"0", "1"}
+
+
+def test_existing_predictions_are_kept(tiny_ckpt, tiny_model_dir, toy_glue_dir, tmp_path):
+    out = tmp_path / "SST-2.tsv"
+    out.write_text("earlier results\n")
+    with pytest.raises(FileExistsError, match="SST-2.tsv exists"):
+        run_predict(tiny_ckpt, tiny_model_dir, toy_glue_dir, out)
+    assert out.read_text() == "earlier results\n"
+
+
+def test_invalid_utf8_names_the_line(tmp_path, tiny_model_dir, toy_glue_dir):
+    src = tmp_path / "bad.txt"
+    src.write_bytes(b"fine\nalso fine\nbad \xff byte\n")
+    dm = SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir, predict_file=str(src))
+    with pytest.raises(ValueError, match=r"bad.txt, line 3: not valid UTF-8"):
+        dm.setup("predict")
