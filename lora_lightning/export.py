@@ -101,7 +101,7 @@ def export(
     out = Path(output_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"output_dir {out} exists: pass --overwrite true to replace it")
-    module = LoRAClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
+    module = LoRAClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     model = module.model.eval()
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(module.hparams.model_name_or_path))
     # Write next to the target, then swap it in: a failed export leaves the old folder intact.

@@ -70,3 +70,19 @@ def test_resume_and_merged_inference(tiny_ckpt, tiny_model_dir, toy_glue_dir):
     assert a["test_acc"] == b["test_acc"] and abs(a["test_loss"] - b["test_loss"]) < 1e-5
     assert not any(m.merged for m in merged_model.modules() if hasattr(m, "merged"))  # unmerged after test
     assert len(SENTENCES) == 4 and 0 <= unmerged["test_acc"] <= 1
+
+
+class Payload:
+    """Stands for arbitrary pickled code inside a checkpoint."""
+
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+def test_pickled_code_is_never_run(tiny_ckpt, tmp_path, capsys):
+    state = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    state["extra"] = Payload()
+    torch.save(state, tmp_path / "evil.ckpt")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        LoRAClassifier.load_from_checkpoint(tmp_path / "evil.ckpt", map_location="cpu")
+    assert "pickled code ran" not in capsys.readouterr().out
