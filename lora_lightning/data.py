@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from datasets import Dataset, DatasetDict, Value, load_dataset
+from datasets import Dataset, DatasetDict, Features, Value, load_dataset
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, DataCollatorWithPadding
 from pytorch_lightning.utilities import rank_zero_warn
@@ -68,20 +68,61 @@ def find_data_dir(data_dir: str | None) -> Path | None:
     return path
 
 
-def read_split(path: Path, labeled: bool) -> Dataset:
-    """Read one GLUE-format TSV with ``datasets``' csv builder (tab-separated, no quoting).
+def check_tsv(path: Path, labeled: bool) -> list[str]:
+    """Validate a GLUE-format TSV before ``datasets`` reads it; return its column names.
 
-    Returns a ``Dataset`` with ``sentence`` (str) and, when ``labeled``, ``label`` (int 0/1);
-    an unlabeled file keeps its ``index`` column if it has one.
+    Checks, each with one error naming the file (and line): the file exists, is not empty, is
+    UTF-8 (a BOM and CRLF line ends are accepted), has a header with ``sentence`` (and ``label``
+    when ``labeled``), every row has as many tab-separated fields as the header, and every label
+    is 0 or 1.
 
     Raises:
-        DataFileError: missing or empty file, a missing column, or a label that is not 0 or 1
-            (the message gives file and line).
+        DataFileError: the first problem found.
     """
     if not path.is_file():
         raise DataFileError(f"{path}: file not found")
-    if path.stat().st_size == 0:
+    data = path.read_bytes()
+    if not data.strip():
         raise DataFileError(f"{path}: file is empty (expected a header row 'sentence<TAB>label')")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataFileError(f"{path}, line {line}: not valid UTF-8 ({error.reason})") from None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    header = lines[0].removesuffix("\r").split("\t")
+    need = ["sentence", "label"] if labeled else ["sentence"]
+    missing = [c for c in need if c not in header]
+    if missing:
+        hint = " (GLUE's test.tsv has no labels: use `predict` for it; `test` uses the labeled dev.tsv)" \
+            if labeled and "label" in missing and "sentence" in header else ""
+        raise DataFileError(f"{path}, line 1: missing column(s) {missing} in header {header}{hint}")
+    label_col = header.index("label") if labeled else None
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.removesuffix("\r").split("\t")
+        if len(fields) != len(header):
+            raise DataFileError(f"{path}, line {number}: {len(fields)} tab-separated fields, expected {len(header)} {header}")
+        if label_col is not None and fields[label_col].strip() not in ("0", "1"):
+            raise DataFileError(f"{path}, line {number}: label {fields[label_col]!r} is not 0 or 1")
+    return header
+
+
+def read_split(path: Path, labeled: bool) -> Dataset:
+    """Read one GLUE-format TSV with ``datasets``' csv builder after ``check_tsv``.
+
+    Tab-separated, quoting off (a ``"`` is text), every field read as a string (no NA parsing:
+    ``null``/``nan``/``NA``/``true`` stay text), UTF-8 with or without BOM, LF or CRLF.
+
+    Returns:
+        a ``Dataset`` with ``sentence`` (str) and, when ``labeled``, ``label`` (int 0/1); an
+        unlabeled file keeps its ``index`` column if it has one.
+
+    Raises:
+        DataFileError: see ``check_tsv``.
+    """
+    header = check_tsv(path, labeled)
     ds = load_dataset(
         "csv",
         data_files=str(path),
@@ -90,20 +131,13 @@ def read_split(path: Path, labeled: bool) -> Dataset:
         quoting=csv.QUOTE_NONE,
         keep_default_na=False,
         na_filter=False,
+        encoding="utf-8-sig",
+        features=Features({name: Value("string") for name in header}),
     )
-    need = ["sentence", "label"] if labeled else ["sentence"]
-    missing = [c for c in need if c not in ds.column_names]
-    if missing:
-        raise DataFileError(f"{path}: missing column(s) {missing} in header; found {ds.column_names}")
     if labeled:
-        bad = [i for i, v in enumerate(ds["label"]) if str(v) not in ("0", "1")]
-        if bad:
-            line = bad[0] + 2  # 1-based, after the header row
-            raise DataFileError(f"{path}, line {line}: label {str(ds[bad[0]]['label'])!r} is not 0 or 1")
-        ds = ds.map(lambda b: {"label": [int(v) for v in b["label"]]}, batched=True)
-    if ds.features["sentence"].dtype != "string":
-        ds = ds.cast_column("sentence", Value("string"))
-    keep = need + (["index"] if "index" in ds.column_names and not labeled else [])
+        ds = ds.map(lambda b: {"label": [int(v) for v in b["label"]]}, batched=True,
+                    features=Features({**ds.features, "label": Value("int64")}))
+    keep = ["sentence", "label"] if labeled else ["sentence"] + (["index"] if "index" in header else [])
     return ds.select_columns(keep)
 
 

@@ -82,11 +82,15 @@ class LoRALinear(nn.Module):
         self.lora_alpha = float(lora_alpha)
         self.scaling = self.lora_alpha / self.r
         weight = base_layer.weight
-        self.lora_A = nn.Parameter(torch.empty(self.r, self.in_features, dtype=weight.dtype, device=weight.device))
-        self.lora_B = nn.Parameter(torch.empty(self.out_features, self.r, dtype=weight.dtype, device=weight.device))
+        # The trained tensors stay float32 under a half-precision base (AMP needs fp32 master weights).
+        dtype = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+        self.lora_A = nn.Parameter(torch.empty(self.r, self.in_features, dtype=dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.empty(self.out_features, self.r, dtype=dtype, device=weight.device))
         self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.merged = False
+        self._unmerged_weight: torch.Tensor | None = None  # the exact base weight while merged
         self.reset_lora_parameters()
+        self.train(base_layer.training)  # a new module defaults to training mode; follow the layer it wraps
 
     def reset_lora_parameters(self) -> None:
         """A: Kaiming-uniform with ``a=sqrt(5)`` (as ``nn.Linear`` inits its weight); B: zeros."""
@@ -106,25 +110,32 @@ class LoRALinear(nn.Module):
         result = self.base_layer(x)
         if self.merged:
             return result
-        h = F.linear(self.lora_dropout(x), self.lora_A)  # (..., r)
-        return result + F.linear(h, self.lora_B) * self.scaling  # (..., out_features)
+        h = F.linear(self.lora_dropout(x).to(self.lora_A.dtype), self.lora_A)  # (..., r)
+        return result + (F.linear(h, self.lora_B) * self.scaling).to(result.dtype)  # (..., out_features)
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Fold ``scaling * B @ A`` into ``base_layer.weight``. Idempotent: a second call is a no-op."""
+        """Fold ``scaling * B @ A`` into ``base_layer.weight``. Idempotent: a second call is a no-op.
+
+        The sum is formed in float32 (or the weight's wider dtype) and rounded once to the
+        weight's dtype; the exact original weight is kept so that ``unmerge`` restores it bit for
+        bit (``W + d - d`` in floating point would drift over merge/unmerge cycles).
+        """
         if self.merged:
             return
         weight = self.base_layer.weight
-        weight += self.delta_weight().to(weight.dtype)
+        self._unmerged_weight = weight.detach().clone()
+        wide = torch.promote_types(weight.dtype, torch.float32)
+        weight.copy_((weight.to(wide) + self.delta_weight().to(wide)).to(weight.dtype))
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Subtract ``scaling * B @ A`` from ``base_layer.weight``. A no-op when not merged."""
+        """Restore the exact ``base_layer.weight`` from before ``merge``. A no-op when not merged."""
         if not self.merged:
             return
-        weight = self.base_layer.weight
-        weight -= self.delta_weight().to(weight.dtype)
+        self.base_layer.weight.copy_(self._unmerged_weight)
+        self._unmerged_weight = None
         self.merged = False
 
     def extra_repr(self) -> str:

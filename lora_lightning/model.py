@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryF1Score
@@ -14,6 +14,11 @@ from lora_lightning.hub import hub_error, resolve_model_path
 from lora_lightning.lora import count_parameters, inject_lora, mark_only_lora_as_trainable, merge_lora, unmerge_lora
 
 ID2LABEL = {0: "negative", 1: "positive"}
+
+
+def _normalise(value):
+    """Compare hyperparameters across YAML/pickle round trips: tuples as lists, 16 == 16.0."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def load_backbone(model_name_or_path: str) -> nn.Module:
@@ -149,17 +154,33 @@ class LoRAClassifier(pl.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse a checkpoint that does not fit, naming the first mismatching key and both shapes.
+        """Refuse a checkpoint that does not fit, naming the option or the first mismatching key.
+
+        The LoRA options saved with the checkpoint (``r``, ``lora_alpha``, ``target_modules``,
+        ``train_pooler``) must equal this model's: the CLI builds the model from the config, not
+        from the checkpoint (Lightning #20310), and a different ``lora_alpha`` would silently
+        rescale the update.
 
         Raises:
-            ValueError: a trainable tensor missing from the checkpoint, a shape mismatch (another
+            ValueError: a LoRA option that differs from the checkpoint's (named ``model.<option>``),
+                a trainable tensor missing from the checkpoint, a shape mismatch (another
                 ``r``, another base), or a key the model does not have.
         """
         state = checkpoint.get("state_dict")
         if not isinstance(state, dict):
             raise ValueError("checkpoint has no 'state_dict': not a checkpoint written by LoRAClassifier")
-        expected = self.trainable_state_keys()
         hp = self.hparams
+        saved = checkpoint.get("hyper_parameters", {})
+        for name in ("r", "lora_alpha", "target_modules", "train_pooler"):
+            if name in saved and _normalise(saved[name]) != _normalise(hp[name]):
+                raise ValueError(
+                    f"checkpoint was trained with model.{name}={saved[name]!r} but this run has "
+                    f"model.{name}={hp[name]!r}: pass --model.{name} {saved[name]!r} (or the run's config.yaml)"
+                )
+        if saved.get("model_name_or_path", hp.model_name_or_path) != hp.model_name_or_path:
+            rank_zero_warn(f"checkpoint was trained on model.model_name_or_path={saved['model_name_or_path']!r}, "
+                           f"this run loads {hp.model_name_or_path!r}")
+        expected = self.trainable_state_keys()
         model = f"model: {hp.model_name_or_path}, r={hp.r}, target_modules={list(hp.target_modules)}"
         for key, shape in expected.items():
             if key not in state:

@@ -35,7 +35,17 @@ def test_round_trip_identical_logits(tiny_ckpt, tiny_model_dir):
     assert torch.equal(first.model.classifier.weight, state["model.classifier.weight"])
 
 
-def test_wrong_rank_is_refused_by_name(tiny_ckpt):
+def test_config_that_differs_from_checkpoint_is_refused(tiny_ckpt, tiny_model_dir, toy_glue_dir):
+    """C09 (Lightning #20310): `validate --ckpt_path` builds the model from the config; if its r or
+    lora_alpha differs from the checkpoint's, stop before evaluating, naming the option."""
+    dm = SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir)
+    with pytest.raises(ValueError, match=r"trained with model.r=4 but this run has model.r=8: pass --model.r 4"):
+        quiet_trainer().validate(LoRAClassifier(tiny_model_dir, r=8, lora_alpha=8), dm, ckpt_path=tiny_ckpt)
+    with pytest.raises(ValueError, match=r"model.lora_alpha=8 but this run has model.lora_alpha=16: pass --model.lora_alpha 8"):
+        quiet_trainer().validate(LoRAClassifier(tiny_model_dir, r=4, lora_alpha=16), dm, ckpt_path=tiny_ckpt)
+
+
+def test_wrong_rank_is_refused_by_key_and_shapes(tiny_ckpt):
     with pytest.raises(ValueError, match=r"'model.bert.encoder.layer.0.attention.self.query.lora_A' has shape "
                                          r"\(4, 32\) in the checkpoint but \(8, 32\) in the model"):
         LoRAClassifier.load_from_checkpoint(tiny_ckpt, map_location="cpu", r=8)

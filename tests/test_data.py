@@ -72,27 +72,56 @@ def test_length_grouping_cuts_padding(glue_dir, packaged_model):
 
 
 def test_literal_na_strings_stay_sentences(tmp_path):
-    path = write_tsv(tmp_path / "train.tsv", "sentence\tlabel", [("null ", 0), ("nan", 1), ("NA", 0), ("", 1)])
+    """C06: null/NA/nan/None/true/false are sentences, not missing values or booleans; empty is kept."""
+    words = ["null ", "nan", "NA", "None", "true", "false", ""]
+    path = write_tsv(tmp_path / "train.tsv", "sentence\tlabel", [(w, i % 2) for i, w in enumerate(words)])
     ds = read_split(path, labeled=True)
-    assert ds["sentence"] == ["null ", "nan", "NA", ""] and ds["label"] == [0, 1, 0, 1]
+    assert list(ds["sentence"]) == words and list(ds["label"]) == [0, 1, 0, 1, 0, 1, 0]
+    only_bool = write_tsv(tmp_path / "dev.tsv", "sentence\tlabel", [("true", 1), ("false", 0)])
+    assert list(read_split(only_bool, labeled=True)["sentence"]) == ["true", "false"]
 
 
 def test_quotes_are_text_not_quoting(tmp_path):
-    path = write_tsv(tmp_path / "dev.tsv", "sentence\tlabel", [('" a quoted start', 1), ("it 's \"fine\"", 0)])
-    assert read_split(path, labeled=True)["sentence"] == ['" a quoted start', "it 's \"fine\""]
+    """C05 (pytorch/text #349): a leading double quote does not swallow tabs or lines."""
+    path = tmp_path / "bad_quotes.tsv"
+    path.write_text('sentence\tlabel\n" the movie is a mess \t0\na "wonderful" ride \t1\nit \'s " \t0\nfine \t1\n')
+    ds = read_split(path, labeled=True)
+    assert list(ds["sentence"]) == ['" the movie is a mess ', 'a "wonderful" ride ', "it 's \" ", "fine "]
+    assert list(ds["label"]) == [0, 1, 0, 1]
+
+
+def test_crlf_and_bom_read_like_lf(tmp_path):
+    rows = "sentence\tlabel\nit 's fine \t1\nawful \t0\n"
+    (tmp_path / "lf.tsv").write_text(rows)
+    (tmp_path / "crlf.tsv").write_bytes(b"\xef\xbb\xbf" + rows.replace("\n", "\r\n").encode())
+    lf, crlf = read_split(tmp_path / "lf.tsv", True), read_split(tmp_path / "crlf.tsv", True)
+    assert lf[:] == crlf[:] == {"sentence": ["it 's fine ", "awful "], "label": [1, 0]}
+
+
+def test_unlabeled_dev_points_to_predict(tmp_path, tiny_model_dir):
+    """C04 (datasets #245): a split without labels never reaches the loss; the error says what to do."""
+    write_tsv(tmp_path / "train.tsv", "sentence\tlabel", [("fine", 1)] * 20)
+    write_tsv(tmp_path / "dev.tsv", "index\tsentence", [(0, "fine"), (1, "bad"), (2, "ok")])
+    with pytest.raises(DataFileError, match=r"dev.tsv, line 1: missing column\(s\) \['label'\].*use `predict`"):
+        make_dm(tiny_model_dir, str(tmp_path))
 
 
 @pytest.mark.parametrize(
     "content, message",
     [
         ("", r"train.tsv: file is empty"),
-        ("text\tlabel\nfine\t1\n", r"train.tsv: missing column\(s\) \['sentence'\]"),
+        ("text\tlabel\nfine\t1\n", r"train.tsv, line 1: missing column\(s\) \['sentence'\]"),
+        ("sentence\tlabel\nfine\t1\nbad\t-1\n", r"train.tsv, line 3: label '-1' is not 0 or 1"),
+        ("sentence\tlabel\nfine\t1\nbad\t0\textra\n", r"train.tsv, line 3: 3 tab-separated fields, expected 2"),
+        ("sentence\tlabel\nfine\t1\nno label here\n", r"train.tsv, line 3: 1 tab-separated fields, expected 2"),
+        ("sentence\tlabel\nfine\t1\nbad \xff\t0\n", r"train.tsv, line 3: not valid UTF-8"),
+        ("\n\n", r"train.tsv: file is empty"),
         ("sentence\tlabel\nfine\t1\nbad\t2\n", r"train.tsv, line 3: label '2' is not 0 or 1"),
         ("sentence\tlabel\nfine\t1\nbad\tneg\n", r"train.tsv, line 3: label 'neg' is not 0 or 1"),
     ],
 )
 def test_bad_files_name_file_and_line(tmp_path, tiny_model_dir, content, message):
-    (tmp_path / "train.tsv").write_text(content)
+    (tmp_path / "train.tsv").write_bytes(content.encode("utf-8", "surrogateescape").replace(b"\xc3\xbf", b"\xff"))
     write_tsv(tmp_path / "dev.tsv", "sentence\tlabel", [("fine", 1)])
     with pytest.raises(DataFileError, match=message):
         make_dm(tiny_model_dir, str(tmp_path))

@@ -77,8 +77,41 @@ def test_merge_unmerge_exact_and_idempotent():
     layer.unmerge()
     layer.unmerge()
     assert not layer.merged
-    torch.testing.assert_close(layer.base_layer.weight, w0, atol=1e-6, rtol=0)
+    assert torch.equal(layer.base_layer.weight, w0)  # restored bit for bit
     torch.testing.assert_close(layer(x), y, atol=1e-6, rtol=0)
+
+
+def test_merge_cycles_do_not_drift_and_round_once():
+    """Many merge/unmerge cycles leave the base weight bit-identical; a bf16 merge rounds W + d once."""
+    layer = randomized(LoRALinear(nn.Linear(64, 64), r=4, lora_alpha=8, lora_dropout=0.0))
+    w0 = layer.base_layer.weight.detach().clone()
+    for _ in range(50):
+        layer.merge()
+        layer.unmerge()
+    assert torch.equal(layer.base_layer.weight, w0)
+    half = randomized(LoRALinear(nn.Linear(64, 64).to(torch.bfloat16), r=4, lora_alpha=8))
+    assert half.lora_A.dtype == half.lora_B.dtype == torch.float32  # trained tensors stay fp32
+    w = half.base_layer.weight.detach().clone()
+    half.merge()
+    expected = (w.float() + half.delta_weight()).to(torch.bfloat16)
+    assert torch.equal(half.base_layer.weight, expected)
+    half.unmerge()
+    assert torch.equal(half.base_layer.weight, w)
+    out = half(torch.randn(3, 64, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+
+
+def test_injection_follows_the_model_mode():
+    """C13: injecting into an eval-mode model leaves LoRA dropout off (a new module starts in train mode)."""
+    model = tiny_classifier().eval()
+    inject_lora(model, lora_dropout=0.5)
+    assert not any(m.training for m in model.modules())
+    for m in model.modules():
+        if isinstance(m, LoRALinear):
+            randomized(m)
+    x = batch()
+    with torch.no_grad():
+        assert torch.equal(model(**x).logits, model(**x).logits)  # deterministic: dropout off
 
 
 def test_mode_switch_never_merges():
