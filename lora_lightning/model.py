@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
@@ -21,8 +23,14 @@ def _normalise(value):
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def load_backbone(model_name_or_path: str) -> nn.Module:
+HALF_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_backbone(model_name_or_path: str, torch_dtype: str | None = None) -> nn.Module:
     """``AutoModelForSequenceClassification`` with 2 labels (``negative``/``positive``).
+
+    ``torch_dtype`` (``"bfloat16"``/``"float16"``/``None`` for float32) is the dtype of the loaded
+    weights; LoRA and the other trained tensors are float32 regardless.
 
     The classifier head is new (randomly initialised from the global seed); everything else
     comes from ``model_name_or_path``. Remote code is never run.
@@ -35,7 +43,7 @@ def load_backbone(model_name_or_path: str) -> nn.Module:
     try:
         return AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()},
-            trust_remote_code=False,
+            trust_remote_code=False, dtype=HALF_DTYPES.get(torch_dtype, torch.float32),
         )
     except OSError as error:
         raise hub_error(model_name_or_path, error) from None
@@ -59,6 +67,9 @@ class LoRAClassifier(pl.LightningModule):
         weight_decay: AdamW weight decay (decoupled).
         warmup_ratio: share of the optimizer steps spent warming up linearly from 0,
             then decaying linearly to 0.
+        torch_dtype: dtype of the frozen base weights; ``bfloat16``/``float16`` halve their memory
+            and need ``trainer.precision`` ``bf16-mixed``/``16-mixed`` (``float16`` needs a GPU).
+            The trained tensors (LoRA, head) stay float32.
         merge_for_inference: fold LoRA into the base weights for ``test``/``predict``/``validate``
             runs (outside ``fit``), so inference costs what the base model costs; unmerged after.
 
@@ -84,6 +95,7 @@ class LoRAClassifier(pl.LightningModule):
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.06,
         merge_for_inference: bool = False,
+        torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     ) -> None:
         super().__init__()
         if not learning_rate > 0:
@@ -91,14 +103,16 @@ class LoRAClassifier(pl.LightningModule):
         if not 0 <= warmup_ratio < 1:
             raise ValueError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
         self.save_hyperparameters()
-        self.model = load_backbone(model_name_or_path)
+        self.model = load_backbone(model_name_or_path, torch_dtype)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
         try:
             self.lora_modules = inject_lora(self.model, list(target_modules), r, lora_alpha, lora_dropout)
         except ValueError as error:
             raise ValueError(f"model: {error}") from None
         self.modules_to_save = ["classifier"] + (["pooler"] if train_pooler else [])
-        mark_only_lora_as_trainable(self.model, self.modules_to_save)
+        for p in mark_only_lora_as_trainable(self.model, self.modules_to_save):
+            param = self.model.get_parameter(p)
+            param.data = param.data.float()  # fp32 master weights for what trains (C11)
         self.strict_loading = False  # checkpoints hold the trainable tensors only; on_load_checkpoint checks them
         self.loss_fn = nn.CrossEntropyLoss()
         metrics = MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score()})
@@ -143,6 +157,24 @@ class LoRAClassifier(pl.LightningModule):
             f"LoRA r={self.hparams.r} on {len(self.lora_modules)} layers ({', '.join(self.hparams.target_modules)}): "
             f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
         )
+
+    def setup(self, stage: str) -> None:
+        """Check that ``torch_dtype`` and ``trainer.precision`` can run on this accelerator.
+
+        Raises:
+            ValueError: a half-precision base without a matching mixed precision, or ``float16``
+                on CPU (one message naming ``model.torch_dtype`` and ``trainer.precision``).
+        """
+        dtype = self.hparams.torch_dtype
+        if dtype == "float32":
+            return
+        precision = str(self.trainer.precision)
+        if dtype == "float16" and self.device.type == "cpu":
+            raise ValueError("model.torch_dtype=float16 needs a GPU; on CPU use model.torch_dtype=bfloat16 "
+                             "with trainer.precision=bf16-mixed")
+        wanted = {"bfloat16": "bf16-mixed", "float16": "16-mixed"}[dtype]
+        if precision != wanted:
+            raise ValueError(f"model.torch_dtype={dtype} needs trainer.precision={wanted}, got trainer.precision={precision}")
 
     def trainable_state_keys(self) -> dict[str, torch.Size]:
         """State-dict keys (and shapes) that a checkpoint holds: the trainable parameters."""

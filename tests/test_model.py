@@ -64,3 +64,97 @@ def test_packaged_model_learns_real_sst2(glue_dir, packaged_model):
     metrics = t.validate(model, dm, verbose=False)[0]
     print(metrics)
     assert metrics["val_acc"] >= 0.80
+
+
+def test_padding_is_masked_and_long_rows_truncated(tiny_model_dir, tmp_path):
+    """C07 (transformers #5500, #2446): a sentence's logits don't depend on what it is batched with;
+    long rows are cut to max_length, ending with [SEP]."""
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    from conftest import write_tsv
+
+    model = LoRAClassifier(tiny_model_dir).eval()
+    long = " ".join(["the", "film", "is", "very", "dull"] * 6)
+    d = tmp_path / "SST-2"
+    d.mkdir()
+    write_tsv(d / "train.tsv", "sentence\tlabel", [("great fun", 1), (" ".join(["good"] * 600), 1)] * 10)
+    write_tsv(d / "dev.tsv", "sentence\tlabel", [("great fun", 1), (long, 0)])
+    dm = SST2DataModule(tiny_model_dir, data_dir=str(d), max_length=32, eval_batch_size=2)
+    dm.setup("fit")
+    assert {len(ids) for ids in dm.datasets["train"]["input_ids"]} == {4, 32}
+    assert all(ids[-1] == dm.tokenizer.sep_token_id for ids in dm.datasets["train"]["input_ids"])
+    collate = DataCollatorWithPadding(AutoTokenizer.from_pretrained(tiny_model_dir))
+    alone = collate([{k: v for k, v in dm.datasets["test"][0].items() if k not in ("labels", "length")}])
+    pair = next(iter(dm.test_dataloader()))
+    assert pair["input_ids"].shape == (2, 32) and pair["attention_mask"][0].tolist() == [1] * 4 + [0] * 28
+    with torch.no_grad():
+        a = model(**alone)
+        b = model(**{k: v for k, v in pair.items() if k != "labels"})
+    torch.testing.assert_close(b[0], a[0], atol=1e-5, rtol=0)
+
+
+class StubClassifier(LoRAClassifier):
+    """Right on every row except the third batch of an epoch (and every training row)."""
+
+    def _shared_step(self, batch):
+        labels = batch["labels"]
+        wrong = self.training or self._batch_idx == 2
+        preds = 1 - labels if wrong else labels
+        logits = torch.nn.functional.one_hot(preds, 2).float() * 5
+        logits = logits + 0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
+        return self.loss_fn(logits, labels), preds, labels
+
+    def validation_step(self, batch, batch_idx):
+        self._batch_idx = batch_idx
+        return super().validation_step(batch, batch_idx)
+
+
+def test_epoch_accuracy_pools_samples(tiny_model_dir, toy_glue_dir):
+    """C12 (torchmetrics #597): batches of 4, 4, 2 with the last 2 wrong give val_acc 0.8, not the
+    0.667 batch mean; state resets between runs; training doesn't leak into the val metric."""
+    model = StubClassifier(tiny_model_dir)
+    dm = SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir, val_fraction=0.05, eval_batch_size=4)
+    assert trainer().validate(model, dm, verbose=False)[0]["val_acc"] == pytest.approx(0.8, abs=1e-7)
+    assert trainer().validate(model, dm, verbose=False)[0]["val_acc"] == pytest.approx(0.8, abs=1e-7)
+    t = trainer(max_epochs=1, num_sanity_val_steps=0)
+    t.fit(model, dm)
+    assert float(t.callback_metrics["val_acc"]) == pytest.approx(0.8, abs=1e-7)
+
+
+def test_optimizer_holds_exactly_the_trainable_parameters(tiny_model_dir, toy_glue_dir):
+    """C14 (adapters #260): after 5 steps every LoRA tensor and the head moved; every frozen tensor is
+    bit-identical; the optimizer's parameters are exactly the requires_grad ones."""
+    pl.seed_everything(0)
+    model = LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8, learning_rate=1e-2)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    t = trainer(max_steps=5, limit_val_batches=0)
+    t.fit(model, SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir, batch_size=16))
+    in_optimizer = {id(p) for group in t.optimizers[0].param_groups for p in group["params"]}
+    assert in_optimizer == {id(p) for p in model.parameters() if p.requires_grad}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert len(trainable) == 2 * 2 * 2 + 2
+    for name, value in model.state_dict().items():
+        if name in trainable:
+            assert not torch.equal(value, start[name]), f"{name} did not train"
+        else:
+            assert torch.equal(value, start[name]), f"{name} changed but is frozen"
+
+
+def test_bf16_base_trains_fp32_adapters(tiny_model_dir, toy_glue_dir):
+    """C11 (diffusers #6442): a bfloat16 base with bf16-mixed on CPU; LoRA and head stay float32, train."""
+    pl.seed_everything(0)
+    model = LoRAClassifier(tiny_model_dir, torch_dtype="bfloat16", learning_rate=1e-2)
+    assert model.model.bert.embeddings.word_embeddings.weight.dtype == torch.bfloat16
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert {p.dtype for p in trainable.values()} == {torch.float32}
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    t = trainer(max_steps=3, limit_val_batches=0, precision="bf16-mixed")
+    t.fit(model, SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir, batch_size=16))
+    assert torch.isfinite(t.callback_metrics["train_loss"])
+    assert all(not torch.equal(p, before[n]) for n, p in trainable.items() if n.endswith("lora_B"))
+    with pytest.raises(ValueError, match=r"model.torch_dtype=bfloat16 needs trainer.precision=bf16-mixed"):
+        trainer(max_steps=1).fit(LoRAClassifier(tiny_model_dir, torch_dtype="bfloat16"),
+                                 SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir))
+    with pytest.raises(ValueError, match=r"model.torch_dtype=float16 needs a GPU"):
+        trainer(max_steps=1, precision="16-mixed").fit(LoRAClassifier(tiny_model_dir, torch_dtype="float16"),
+                                                       SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir))
