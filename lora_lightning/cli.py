@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 from pytorch_lightning.cli import LightningCLI
 
 from lora_lightning.data import SST2DataModule
-from lora_lightning.model import LoRAClassifier
+from lora_lightning.errors import LoRALightningError
+from lora_lightning.model import LoRAClassifier, check_checkpoint
 
 
 class LoRACLI(LightningCLI):
@@ -13,6 +16,14 @@ class LoRACLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.model_name_or_path", "data.model_name_or_path")
+
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then refuse a bad ``--ckpt_path`` in one line before Lightning reads its hyperparameters."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path is not None and str(ckpt_path) not in ("best", "last", "hpc", "registry"):
+            check_checkpoint(ckpt_path)
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> LoRACLI:
@@ -24,3 +35,13 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> LoRACLI:
         args=args,
         run=run,
     )
+
+
+def main(args: list[str] | None = None) -> int:
+    """``cli_main`` for the shell: a ``LoRALightningError`` prints as one line, exit status 2."""
+    try:
+        cli_main(args)
+    except LoRALightningError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -18,18 +18,15 @@ import pytorch_lightning as pl
 import torch
 from datasets import Dataset, DatasetDict, Features, Value, load_dataset
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer, DataCollatorWithPadding
+from transformers import DataCollatorWithPadding
 from pytorch_lightning.utilities import rank_zero_warn
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from lora_lightning.hub import resolve_model_path
+from lora_lightning.errors import DataFileError, OptionError
+from lora_lightning.hub import load_tokenizer
 
 HUB_DATASET = ("nyu-mll/glue", "sst2")
 FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
-
-
-class DataFileError(ValueError):
-    """A GLUE-format file is missing or malformed; the message names the file (and line)."""
 
 
 class EpochLengthGroupedSampler(LengthGroupedSampler):
@@ -184,7 +181,8 @@ class SST2DataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes.
 
     Raises:
-        ValueError: ``val_fraction`` outside (0, 1), ``max_length`` < 2, ``batch_size`` < 1.
+        OptionError: ``val_fraction`` outside (0, 1), ``max_length`` < 2 or above the model's
+            limit, ``batch_size`` < 1.
         DataFileError: see ``read_split``.
     """
 
@@ -205,11 +203,11 @@ class SST2DataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if not 0 < val_fraction < 1:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+            raise OptionError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         if max_length < 2:
-            raise ValueError(f"data.max_length must be >= 2 tokens, got {max_length}")
+            raise OptionError(f"data.max_length must be >= 2 tokens, got {max_length}")
         if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}")
+            raise OptionError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}")
         self.save_hyperparameters()
         self.tokenizer = None
         self.datasets: dict[str, Dataset] = {}
@@ -229,17 +227,17 @@ class SST2DataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Download / cache the raw data and the tokenizer once (no state is set)."""
         self.load_raw()
-        AutoTokenizer.from_pretrained(resolve_model_path(self.hparams.model_name_or_path))
+        load_tokenizer(self.hparams.model_name_or_path)
 
     def setup(self, stage: str | None = None) -> None:
         """Load, split and tokenise; assigns ``self.datasets[name]`` for ``train``/``val``/``test``/``predict``."""
         if self.datasets:
             return
         hp = self.hparams
-        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(hp.model_name_or_path))
+        self.tokenizer = load_tokenizer(hp.model_name_or_path)
         model_max = getattr(self.tokenizer, "model_max_length", None)
         if model_max is not None and model_max < 10**6 and hp.max_length > model_max:
-            raise ValueError(f"data.max_length={hp.max_length} exceeds the model's limit of {model_max} tokens")
+            raise OptionError(f"data.max_length={hp.max_length} exceeds the model's limit of {model_max} tokens")
         raw = self.load_raw()
         split = raw["train"].train_test_split(test_size=hp.val_fraction, seed=hp.seed)
         parts = {"train": split["train"], "val": split["test"], "test": raw["validation"]}

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoTokenizer
 
+from lora_lightning.errors import OptionError, OutputExistsError
 from lora_lightning.hub import resolve_model_path
 from lora_lightning.lora import LoRALinear
 
@@ -92,15 +93,15 @@ def export(
         the output folder.
 
     Raises:
-        FileExistsError: ``output_dir`` exists and ``overwrite`` is false.
-        FileNotFoundError / ValueError: the checkpoint is missing or does not fit (see
-            ``LoRAClassifier.load_from_checkpoint``).
+        OutputExistsError: ``output_dir`` exists and ``overwrite`` is false.
+        CheckpointError: the checkpoint is missing, unreadable or does not fit the model.
     """
-    from lora_lightning.model import LoRAClassifier  # Lightning stays out of the export helpers above
+    from lora_lightning.model import LoRAClassifier, check_checkpoint  # Lightning stays out of the export helpers above
 
     out = Path(output_dir)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"output_dir {out} exists: pass --overwrite true to replace it")
+        raise OutputExistsError(f"output_dir {out} exists: pass --overwrite true to replace it")
+    check_checkpoint(ckpt_path)
     module = LoRAClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     model = module.model.eval()
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(module.hparams.model_name_or_path))
@@ -117,7 +118,7 @@ def export(
             save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
             tokenizer.save_pretrained(tmp)
         else:
-            raise ValueError(f"--format must be 'merged' or 'adapter', got {format!r}")
+            raise OptionError(f"--format must be 'merged' or 'adapter', got {format!r}")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

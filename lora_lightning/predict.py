@@ -9,6 +9,8 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities import rank_zero_info
 
+from lora_lightning.errors import OutputExistsError
+
 
 class SST2PredictionWriter(BasePredictionWriter):
     """Writes ``predict``'s class probabilities to a TSV once the predict epoch ends.
@@ -24,7 +26,7 @@ class SST2PredictionWriter(BasePredictionWriter):
         overwrite: replace an existing ``output_path``.
 
     Raises:
-        FileExistsError: ``output_path`` exists (checked before predicting).
+        OutputExistsError: ``output_path`` exists (checked before predicting).
     """
 
     def __init__(self, output_path: str | None = None, overwrite: bool = False) -> None:
@@ -40,7 +42,7 @@ class SST2PredictionWriter(BasePredictionWriter):
     def on_predict_start(self, trainer, pl_module) -> None:
         path = self._path(trainer)
         if path.exists() and not self.overwrite:
-            raise FileExistsError(f"{path} exists: pick another output_path or set overwrite: true")
+            raise OutputExistsError(f"{path} exists: pick another output_path or set overwrite: true")
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         probs = torch.cat([p for p in predictions]).float().cpu()  # (N, num_labels)

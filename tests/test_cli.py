@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from lora_lightning.cli import cli_main
+from lora_lightning.cli import cli_main, main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -62,3 +62,37 @@ def test_fit_validate_test_on_real_data(tmp_path, glue_dir, packaged_model):
     assert 0.6 < float(tested.trainer.callback_metrics["test_acc"]) <= 1.0
     state = torch.load(best, map_location="cpu", weights_only=True)
     assert state["hyper_parameters"]["r"] == 4
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data.data_dir", "/nonexistent/SST-2"], "error: data.data_dir: SST-2 folder /nonexistent/SST-2 does not exist"),
+    (["--model.r", "0"], "error: model: r must be an integer >= 1, got r=0"),
+    (["--model.lora_alpha", "-1"], "error: model: lora_alpha must be > 0, got lora_alpha=-1"),
+    (["--model.lora_dropout", "1.5"], "error: model: lora_dropout must be in [0, 1), got lora_dropout=1.5"),
+    (["--model.target_modules", "[nonexistent]"], "error: model: target_modules ['nonexistent'] matched no nn.Linear"),
+    (["--data.val_fraction", "1.5"], "error: data.val_fraction must be in (0, 1), got 1.5"),
+    (["--model.model_name_or_path", "no-org/no-model"], "error: model.model_name_or_path='no-org/no-model': could not load"),
+])
+def test_bad_options_are_one_line(extra, message, capsys):
+    assert main(["fit", "--config", str(ROOT / "configs/sst2.yaml"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_checkpoints_are_one_line(tmp_path, tiny_ckpt, capsys):
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(Path(tiny_ckpt).read_bytes()[:2000])
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    cases = {
+        tmp_path / "missing.ckpt": "file not found",
+        empty: "file is empty (0 bytes)",
+        truncated: "not a readable checkpoint (truncated, or another kind of file)",
+        text: "not a readable checkpoint",
+    }
+    for path, message in cases.items():
+        assert main(["validate", "--config", str(ROOT / "configs/sst2.yaml"), "--ckpt_path", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"error: --ckpt_path {path}: {message}" in err and "Traceback" not in err

@@ -158,3 +158,27 @@ def test_bf16_base_trains_fp32_adapters(tiny_model_dir, toy_glue_dir):
     with pytest.raises(ValueError, match=r"model.torch_dtype=float16 needs a GPU"):
         trainer(max_steps=1, precision="16-mixed").fit(LoRAClassifier(tiny_model_dir, torch_dtype="float16"),
                                                        SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir))
+
+
+class DivergingClassifier(LoRAClassifier):
+    """Its loss turns NaN from the 4th training step on."""
+
+    def _shared_step(self, batch):
+        loss, preds, labels = super()._shared_step(batch)
+        if self.training and self.global_step >= 3:
+            loss = loss * float("nan")
+        return loss, preds, labels
+
+
+def test_nan_loss_stops_the_run_keeping_checkpoints(tiny_model_dir, toy_glue_dir, tmp_path):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from lora_lightning.errors import TrainingDivergedError
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1)
+    t = trainer(max_steps=10, limit_val_batches=0, enable_checkpointing=True, callbacks=[ckpt])
+    with pytest.raises(TrainingDivergedError, match=r"train_loss is nan at step 3: training diverged"):
+        t.fit(DivergingClassifier(tiny_model_dir), SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir, batch_size=16))
+    saved = sorted(p.name for p in tmp_path.glob("*.ckpt"))
+    assert saved == ["epoch=0-step=2.ckpt"]
+    LoRAClassifier.load_from_checkpoint(tmp_path / saved[0], map_location="cpu")  # the last good one loads
