@@ -174,6 +174,8 @@ class SST2DataModule(pl.LightningDataModule):
         val_fraction: share of GLUE's train set held out as the val split, in (0, 1).
         seed: seed of the train/val split and of the length-grouped shuffle.
         group_by_length: batch training sentences of similar length (less padding).
+        sort_eval_by_length: run val/test/predict batches sorted by length (predictions are
+            written back in input order).
         max_train_samples: use only the first N sentences of the train split (for quick runs).
         max_eval_samples: use only the first N sentences of the val and test splits.
         predict_file: a UTF-8 text file of one sentence per line to ``predict`` on instead of
@@ -196,6 +198,7 @@ class SST2DataModule(pl.LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 42,
         group_by_length: bool = True,
+        sort_eval_by_length: bool = True,
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         predict_file: str | None = None,
@@ -286,7 +289,11 @@ class SST2DataModule(pl.LightningDataModule):
         collate = DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
         features = ds.remove_columns("length")
         if not train:
-            return DataLoader(features, batch_size=hp.eval_batch_size, collate_fn=collate, num_workers=hp.num_workers)
+            # Longest first, similar lengths together: less padding. Metrics don't depend on order;
+            # SST2PredictionWriter puts predictions back in input order from Lightning's batch indices.
+            order = sorted(range(len(ds)), key=ds["length"].__getitem__, reverse=True) if hp.sort_eval_by_length else None
+            return DataLoader(features, batch_size=hp.eval_batch_size, sampler=order, collate_fn=collate,
+                              num_workers=hp.num_workers)
         if hp.group_by_length:
             sampler = EpochLengthGroupedSampler(hp.batch_size, list(ds["length"]), hp.seed)
             return DataLoader(features, batch_size=hp.batch_size, sampler=sampler, collate_fn=collate, num_workers=hp.num_workers)

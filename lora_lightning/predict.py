@@ -12,6 +12,13 @@ from pytorch_lightning.utilities import rank_zero_info
 from lora_lightning.errors import OutputExistsError
 
 
+def _flatten(indices) -> list[int]:
+    """Lightning's ``batch_indices`` (per dataloader, per batch) as one flat list."""
+    if isinstance(indices, int):
+        return [indices]
+    return [i for item in (indices or []) for i in _flatten(item)]
+
+
 class SST2PredictionWriter(BasePredictionWriter):
     """Writes ``predict``'s class probabilities to a TSV once the predict epoch ends.
 
@@ -45,7 +52,10 @@ class SST2PredictionWriter(BasePredictionWriter):
             raise OutputExistsError(f"{path} exists: pick another output_path or set overwrite: true")
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        probs = torch.cat([p for p in predictions]).float().cpu()  # (N, num_labels)
+        probs = torch.cat([p for p in predictions]).float().cpu()  # (N, num_labels), in loader order
+        order = torch.tensor(_flatten(batch_indices), dtype=torch.long)  # dataset index of each prediction
+        if order.numel() == probs.shape[0]:
+            probs = torch.empty_like(probs).index_copy_(0, order, probs)  # back to input order
         rows = trainer.datamodule.predict_rows()
         if len(rows) != len(probs):
             raise RuntimeError(f"{len(probs)} predictions for {len(rows)} input rows")

@@ -26,6 +26,10 @@ def test_text_file_rows_in_order(tiny_ckpt, tiny_model_dir, toy_glue_dir, tmp_pa
     assert rows[0] == ["sentence", "label", "probability"]
     assert [r[0] for r in rows[1:]] == lines  # 5 rows, input order, empty and long lines included
     assert all(r[1] in {"negative", "positive"} and 0.5 <= float(r[2]) <= 1 for r in rows[1:])
+    # batches run sorted by length; the file is in input order either way, with the same numbers
+    unsorted = run_predict(tiny_ckpt, tiny_model_dir, toy_glue_dir, tmp_path / "out2.tsv", predict_file=str(src),
+                           sort_eval_by_length=False)
+    assert unsorted == rows
 
 
 def test_glue_submission_format(tiny_ckpt, tiny_model_dir, toy_glue_dir, tmp_path):
