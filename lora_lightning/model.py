@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -184,6 +185,11 @@ class LoRAClassifier(pl.LightningModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Class probabilities ``(B, 2)`` (softmax of the logits)."""
         return self(**{k: v for k, v in batch.items() if k != "labels"}).softmax(-1)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        """Reseed torch from ``(seed, global_step)`` (seed from ``seed_everything``): dropout masks depend
+        only on the step, so a resumed run matches an uninterrupted one exactly."""
+        torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)) * 1_000_003 + self.global_step)
 
     def on_fit_start(self) -> None:
         trainable, total = count_parameters(self.model)

@@ -96,3 +96,32 @@ def test_pickled_code_is_never_run(tiny_ckpt, tmp_path, capsys):
     with pytest.raises(Exception, match="Weights only load failed"):
         LoRAClassifier.load_from_checkpoint(tmp_path / "evil.ckpt", map_location="cpu")
     assert "pickled code ran" not in capsys.readouterr().out
+
+
+def test_resumed_run_equals_uninterrupted(tiny_model_dir, toy_glue_dir, tmp_path):
+    """Stop after epoch 1, resume from last.ckpt: weights and val_acc equal the uninterrupted run's exactly (CPU)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    class StopAfterFirstEpoch(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = True
+
+    def run(max_epochs, dirpath, ckpt_path=None, stop=False):
+        pl.seed_everything(7)
+        model = LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8, lora_dropout=0.1, learning_rate=1e-2)
+        dm = SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir, batch_size=16)
+        t = quiet_trainer(max_epochs=max_epochs, enable_checkpointing=True,
+                          callbacks=[ModelCheckpoint(dirpath=dirpath, save_last=True, monitor="val_acc", mode="max")]
+                          + ([StopAfterFirstEpoch()] if stop else []))
+        t.fit(model, dm, ckpt_path=ckpt_path)
+        return model, float(t.callback_metrics["val_acc"])
+
+    full, full_acc = run(3, tmp_path / "a")
+    again, again_acc = run(3, tmp_path / "c")  # reproducible: same seed, same numbers
+    assert again_acc == full_acc and all(torch.equal(a, b) for a, b in zip(full.parameters(), again.parameters()))
+    run(3, tmp_path / "b", stop=True)  # "killed" after the first epoch's checkpoint
+    resumed, resumed_acc = run(3, tmp_path / "b", ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    assert resumed_acc == full_acc
+    for (name, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(a, b), name

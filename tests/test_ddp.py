@@ -1,0 +1,36 @@
+"""Several processes with Lightning's own DDP (gloo on CPU): C10 (minLoRA #2) and adapter-sized checkpoints."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ddp_two_cpu_processes(tmp_path, tiny_model_dir, toy_glue_dir):
+    """Default find_unused_parameters=False works (frozen weights get no grad, every trainable one does);
+    both ranks end with identical LoRA tensors; each checkpoint is written once and stays adapter-sized."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "lora_lightning", "fit", "--config", str(ROOT / "configs/sst2.yaml"),
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
+        "--trainer.callbacks+=rank_probe.SaveRankWeights", f"--trainer.callbacks.out_dir={tmp_path}",
+        "--model.model_name_or_path", tiny_model_dir, "--model.r", "4", "--model.lora_alpha", "8",
+        "--data.data_dir", toy_glue_dir, "--data.batch_size", "8",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "find_unused_parameters" not in proc.stderr
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0.keys() == rank1.keys() and len(rank0) == 2 * 2 * 2 + 2
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    ckpts = sorted(p.name for p in (tmp_path / "logs").rglob("*.ckpt"))
+    assert ckpts.count("last.ckpt") == 1 and len(ckpts) == 2, ckpts
+    state = torch.load(next((tmp_path / "logs").rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert set(state["state_dict"]) == {f"model.{k}" for k in rank0} or set(state["state_dict"]) == set(rank0)
