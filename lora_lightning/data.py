@@ -70,7 +70,7 @@ def check_tsv(path: Path, labeled: bool) -> list[str]:
 
     Checks, each with one error naming the file (and line): the file exists, is not empty, is
     UTF-8 (a BOM and CRLF line ends are accepted), has a header with ``sentence`` (and ``label``
-    when ``labeled``), every row has as many tab-separated fields as the header, and every label
+    when ``labeled``) and at least one row, every row has as many tab-separated fields as the header, and every label
     is 0 or 1.
 
     Raises:
@@ -96,6 +96,8 @@ def check_tsv(path: Path, labeled: bool) -> list[str]:
         hint = " (GLUE's test.tsv has no labels: use `predict` for it; `test` uses the labeled dev.tsv)" \
             if labeled and "label" in missing and "sentence" in header else ""
         raise DataFileError(f"{path}, line 1: missing column(s) {missing} in header {header}{hint}")
+    if len(lines) == 1:
+        raise DataFileError(f"{path}: has a header but no rows")
     label_col = header.index("label") if labeled else None
     for number, line in enumerate(lines[1:], start=2):
         fields = line.removesuffix("\r").split("\t")

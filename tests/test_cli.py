@@ -25,11 +25,14 @@ def test_every_config_parses(config, capsys):
     assert resolved["model"]["r"] == 4 and resolved["model"]["lora_alpha"] == 16
 
 
-def test_unknown_key_is_refused(capsys):
+@pytest.mark.parametrize("extra, words", [(["--model.rank", "3"], ["rank"]), (["--model.r", "four"], ["model.r", "four"])])
+def test_unknown_key_or_wrong_type_is_refused(extra, words, capsys):
+    """LightningCLI's own message, before anything loads."""
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", "--config", str(ROOT / "configs/sst2.yaml"), "--model.rank", "3"])
+        cli_main(["fit", "--config", str(ROOT / "configs/sst2.yaml"), *extra])
     assert exit_info.value.code != 0
-    assert "rank" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert all(w in err for w in words)
 
 
 def test_fit_validate_test_on_real_data(tmp_path, glue_dir, packaged_model):

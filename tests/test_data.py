@@ -116,6 +116,8 @@ def test_unlabeled_dev_points_to_predict(tmp_path, tiny_model_dir):
         ("sentence\tlabel\nfine\t1\nno label here\n", r"train.tsv, line 3: 1 tab-separated fields, expected 2"),
         ("sentence\tlabel\nfine\t1\nbad \xff\t0\n", r"train.tsv, line 3: not valid UTF-8"),
         ("\n\n", r"train.tsv: file is empty"),
+        ("sentence\tlabel\n", r"train.tsv: has a header but no rows"),
+        ("fine\t1\nbad\t0\n", r"train.tsv, line 1: missing column\(s\) \['sentence', 'label'\] in header \['fine', '1'\]"),
         ("sentence\tlabel\nfine\t1\nbad\t2\n", r"train.tsv, line 3: label '2' is not 0 or 1"),
         ("sentence\tlabel\nfine\t1\nbad\tneg\n", r"train.tsv, line 3: label 'neg' is not 0 or 1"),
     ],
