@@ -17,9 +17,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from datasets import Dataset, DatasetDict, Features, Value, load_dataset
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
-from pytorch_lightning.utilities import rank_zero_warn
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from lora_lightning.errors import DataFileError, OptionError
@@ -32,8 +32,8 @@ FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
 class EpochLengthGroupedSampler(LengthGroupedSampler):
     """transformers' ``LengthGroupedSampler`` with a per-epoch seed.
 
-    Shuffles indices, cuts them into mega-batches of ``50 * batch_size``, sorts each by
-    length (Trainer's ``group_by_length``). Lightning calls ``set_epoch`` before each epoch, so
+    Shuffles indices, cuts them into mega-batches of ``50 * batch_size`` (fewer for small sets),
+    sorts each by length, longest batch first (Trainer's ``group_by_length``). Lightning calls ``set_epoch`` before each epoch, so
     the order depends only on ``(seed, epoch)``: a resumed run sees the same batches.
     """
 
@@ -222,8 +222,12 @@ class SST2DataModule(pl.LightningDataModule):
         """GLUE's SST-2 as ``train`` / ``validation`` (/ ``test``) with ``sentence`` and ``label``."""
         path = find_data_dir(self.hparams.data_dir)
         if path is None:
-            raw = load_dataset(*HUB_DATASET)
-            return DatasetDict({k: raw[k].remove_columns("idx") if k != "test" else raw[k] for k in raw})
+            raw = load_dataset(*HUB_DATASET)  # columns sentence, label, idx; the test labels are all -1
+            return DatasetDict({
+                "train": raw["train"].remove_columns("idx"),
+                "validation": raw["validation"].remove_columns("idx"),
+                "test": raw["test"].remove_columns("label").rename_column("idx", "index"),
+            })
         splits = {"train": read_split(path / FILES["train"], True), "validation": read_split(path / FILES["validation"], True)}
         if (path / FILES["test"]).is_file():
             splits["test"] = read_split(path / FILES["test"], False)

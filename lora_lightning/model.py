@@ -192,11 +192,22 @@ class LoRAClassifier(pl.LightningModule):
         torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)) * 1_000_003 + self.global_step)
 
     def on_fit_start(self) -> None:
+        """Log trainable / total parameter counts, and register ``hp/val_acc`` as the hyperparameter
+        metric (TensorBoard's hparams tab then shows val_acc against r, lora_alpha, learning_rate)."""
         trainable, total = count_parameters(self.model)
         rank_zero_info(
             f"LoRA r={self.hparams.r} on {len(self.lora_modules)} layers ({', '.join(self.hparams.target_modules)}): "
             f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
         )
+        if self.logger is not None:
+            self.logger.log_hyperparams(
+                {**self.hparams, "trainable_params": trainable, "total_params": total}, {"hp/val_acc": 0.0}
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        """Copy the epoch's val accuracy to ``hp/val_acc`` (the hparams tab's metric) during fit."""
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.log("hp/val_acc", self.val_metrics["acc"].compute())
 
     def setup(self, stage: str) -> None:
         """Check that ``torch_dtype`` and ``trainer.precision`` can run on this accelerator.

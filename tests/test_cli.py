@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lora_lightning.cli import cli_main, main
 
@@ -48,7 +49,12 @@ def test_fit_validate_test_on_real_data(tmp_path, glue_dir, packaged_model):
     cli = cli_main(["fit", *common, "--data.max_train_samples", "960", "--trainer.max_epochs", "2",
                    "--model.learning_rate", "5e-3"])
     log_dir = Path(cli.trainer.log_dir)
-    assert list(log_dir.glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(next(log_dir.glob("events.out.tfevents.*"))))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train_loss", "val_loss", "val_acc", "val_f1", "lr-AdamW", "hp/val_acc"} <= scalars
+    assert "hp_metric" not in scalars  # val_acc is the hparams metric, not Lightning's -1 placeholder
+    assert [e.value for e in events.Scalars("hp/val_acc")][1:] == [e.value for e in events.Scalars("val_acc")]
     assert (log_dir / "config.yaml").is_file()
     ckpt = cli.trainer.checkpoint_callback
     assert Path(ckpt.last_model_path).name == "last.ckpt"

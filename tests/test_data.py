@@ -15,17 +15,14 @@ def make_dm(model_dir, data_dir, **kw) -> SST2DataModule:
     return dm
 
 
-def test_toy_split_sizes_disjoint_and_seeded(tiny_model_dir, toy_glue_dir):
+def test_toy_split_sizes_and_seeded(tiny_model_dir, toy_glue_dir):
     dm = make_dm(tiny_model_dir, toy_glue_dir, val_fraction=0.1, seed=1)
     assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 180, "val": 20, "test": 40, "predict": 10}
-    key = lambda ds: {tuple(r["input_ids"]) + (r["labels"],) for r in ds}  # noqa: E731
-    train, val = dm.datasets["train"], dm.datasets["val"]
+    val = dm.datasets["val"]
     again = make_dm(tiny_model_dir, toy_glue_dir, val_fraction=0.1, seed=1)
     assert again.datasets["val"]["input_ids"] == val["input_ids"]
     other = make_dm(tiny_model_dir, toy_glue_dir, val_fraction=0.1, seed=2)
     assert other.datasets["val"]["input_ids"] != val["input_ids"]
-    # rows are distinct sentences here only by index, so check disjointness through the split indices
-    assert len(key(train) | key(val)) <= 200
 
 
 def test_batches_are_padded_per_batch(tiny_model_dir, toy_glue_dir):
