@@ -36,12 +36,17 @@ def test_ddp_two_cpu_processes(tmp_path, tiny_model_dir, toy_glue_dir):
     assert set(state["state_dict"]) == {f"model.{k}" for k in rank0} or set(state["state_dict"]) == set(rank0)
 
 
-def fit_command(tmp_path, tiny_model_dir, toy_glue_dir, name, *extra):
+def run_ok(cmd, env):
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def fit_command(tmp_path, tiny_model_dir, toy_glue_dir, name, *extra, version="0"):
     return [
         sys.executable, "-m", "lora_lightning", "fit", "--config", str(ROOT / "configs/sst2.yaml"),
         "--trainer.accelerator", "cpu", "--trainer.max_epochs", "6", "--trainer.enable_progress_bar", "false",
         "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.name", name,
-        "--trainer.logger.init_args.version", "0",
+        "--trainer.logger.init_args.version", version,
         "--model.model_name_or_path", tiny_model_dir, "--model.learning_rate", "1e-2",
         "--data.data_dir", toy_glue_dir, "--data.batch_size", "4", *extra,
     ]
@@ -54,8 +59,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, toy_
     import time
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(fit_command(tmp_path, tiny_model_dir, toy_glue_dir, "full"), env=env, check=True,
-                   capture_output=True, timeout=300)
+    run_ok(fit_command(tmp_path, tiny_model_dir, toy_glue_dir, "full"), env)
     killed = subprocess.Popen(fit_command(tmp_path, tiny_model_dir, toy_glue_dir, "killed"), env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "killed" / "version_0" / "checkpoints" / "last.ckpt"
@@ -66,12 +70,13 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, toy_
     killed.wait()
     assert killed.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     torch.load(last, map_location="cpu", weights_only=True)  # what the kill left is loadable
-    subprocess.run(fit_command(tmp_path, tiny_model_dir, toy_glue_dir, "killed", "--ckpt_path", str(last)),
-                   env=env, check=True, capture_output=True, timeout=300)
+    # the resumed run logs to a new version folder, as a user's would: nothing of the killed run is overwritten
+    run_ok(fit_command(tmp_path, tiny_model_dir, toy_glue_dir, "killed", "--ckpt_path", str(last), version="1"), env)
     full = torch.load(tmp_path / "full" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
-    resumed = torch.load(last, map_location="cpu", weights_only=True)
+    resumed = torch.load(tmp_path / "killed" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
     assert full["global_step"] == resumed["global_step"] > 0
     assert full["state_dict"].keys() == resumed["state_dict"].keys()
     assert all(torch.equal(full["state_dict"][k], resumed["state_dict"][k]) for k in full["state_dict"])
-    best = lambda name: sorted(p.name for p in (tmp_path / name / "version_0" / "checkpoints").glob("epoch=*"))  # noqa: E731
-    assert best("killed")[-1] == best("full")[-1]  # same epoch, step and val_acc in the name
+    assert full["epoch"] == resumed["epoch"]
+    score = lambda c: [v["best_model_score"] for k, v in c["callbacks"].items() if "ModelCheckpoint" in k][0]  # noqa: E731
+    assert score(full) == score(resumed)  # the same best val_acc
