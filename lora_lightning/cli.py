@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 
+import torch
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.utilities import rank_zero_warn
 
 from lora_lightning.data import SST2DataModule
 from lora_lightning.errors import LoRALightningError
-from lora_lightning.model import LoRAClassifier, check_checkpoint
+from lora_lightning.model import LoRAClassifier, check_checkpoint, normalise_hparam
 
 
 class LoRACLI(LightningCLI):
@@ -24,6 +26,18 @@ class LoRACLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path is not None and str(ckpt_path) not in ("best", "last", "hpc", "registry"):
             check_checkpoint(ckpt_path)
+            self._say_checkpoint_options_win(ckpt_path, self.config[subcommand])
+
+    @staticmethod
+    def _say_checkpoint_options_win(ckpt_path: str, config) -> None:
+        """LightningCLI rebuilds the model from the checkpoint's hyperparameters (Lightning #20310):
+        say so when they differ from the config or command line, instead of overriding them silently."""
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+        for name in ("r", "lora_alpha", "lora_dropout", "target_modules", "train_pooler", "model_name_or_path"):
+            given = config["model"].get(name) if "model" in config else None
+            if name in saved and given is not None and normalise_hparam(given) != normalise_hparam(saved[name]):
+                rank_zero_warn(f"--ckpt_path: using the checkpoint's model.{name}={saved[name]!r}, "
+                               f"not model.{name}={given!r} from the config / command line")
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> LoRACLI:

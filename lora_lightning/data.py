@@ -62,6 +62,8 @@ def find_data_dir(data_dir: str | None) -> Path | None:
     path = Path(data_dir).expanduser()
     if not path.is_dir():
         raise DataFileError(f"{origin}: SST-2 folder {path} does not exist (expected train.tsv and dev.tsv in it)")
+    if not (path / FILES["train"]).is_file() and (path / "SST-2" / FILES["train"]).is_file():
+        raise DataFileError(f"{origin}: {path} holds SST-2/, not the files: pass {path / 'SST-2'}")
     return path
 
 
@@ -222,7 +224,14 @@ class SST2DataModule(pl.LightningDataModule):
         """GLUE's SST-2 as ``train`` / ``validation`` (/ ``test``) with ``sentence`` and ``label``."""
         path = find_data_dir(self.hparams.data_dir)
         if path is None:
-            raw = load_dataset(*HUB_DATASET)  # columns sentence, label, idx; the test labels are all -1
+            try:
+                raw = load_dataset(*HUB_DATASET)  # columns sentence, label, idx; the test labels are all -1
+            except Exception as error:  # offline, no access: datasets raises ConnectionError, FileNotFoundError, ...
+                raise DataFileError(
+                    f"SST-2: no data.data_dir and no GLUE_DIR, and the Hub's {HUB_DATASET[0]} ({HUB_DATASET[1]}) "
+                    f"could not be loaded ({type(error).__name__}). Set GLUE_DIR to the folder holding SST-2/ "
+                    f"(e.g. export GLUE_DIR=../shared/data/glue) or pass --data.data_dir"
+                ) from None
             return DatasetDict({
                 "train": raw["train"].remove_columns("idx"),
                 "validation": raw["validation"].remove_columns("idx"),

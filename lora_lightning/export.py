@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -119,13 +120,21 @@ def export(
             tokenizer.save_pretrained(tmp)
         else:
             raise OptionError(f"--format must be 'merged' or 'adapter', got {format!r}")
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the export is a normal folder
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    print(f"Wrote the {format} export of {ckpt_path} to {out}/")
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def export_main(args: list[str] | None = None) -> Path:

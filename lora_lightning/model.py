@@ -21,8 +21,8 @@ from lora_lightning.lora import count_parameters, inject_lora, mark_only_lora_as
 ID2LABEL = {0: "negative", 1: "positive"}
 
 
-def _normalise(value):
-    """Compare hyperparameters across YAML/pickle round trips: tuples as lists, 16 == 16.0."""
+def normalise_hparam(value):
+    """Compare hyperparameters across YAML/pickle round trips: tuples as lists (and 16 == 16.0 as is)."""
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
@@ -138,7 +138,7 @@ class LoRAClassifier(pl.LightningModule):
         for p in mark_only_lora_as_trainable(self.model, self.modules_to_save):
             param = self.model.get_parameter(p)
             param.data = param.data.float()  # fp32 master weights for what trains (C11)
-        self.strict_loading = False  # checkpoints hold the trainable tensors only; on_load_checkpoint checks them
+        # Checkpoints hold the trainable tensors only; on_load_checkpoint checks them, then fills in the frozen base.
         self.loss_fn = nn.CrossEntropyLoss()
         metrics = MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score()})
         self.val_metrics = metrics.clone(prefix="val_")
@@ -255,7 +255,7 @@ class LoRAClassifier(pl.LightningModule):
         hp = self.hparams
         saved = checkpoint.get("hyper_parameters", {})
         for name in ("r", "lora_alpha", "target_modules", "train_pooler"):
-            if name in saved and _normalise(saved[name]) != _normalise(hp[name]):
+            if name in saved and normalise_hparam(saved[name]) != normalise_hparam(hp[name]):
                 raise CheckpointError(
                     f"checkpoint was trained with model.{name}={saved[name]!r} but this run has "
                     f"model.{name}={hp[name]!r}: pass --model.{name} {saved[name]!r} (or the run's config.yaml)"
@@ -285,6 +285,8 @@ class LoRAClassifier(pl.LightningModule):
                     f"checkpoint does not fit ({model}): {key!r} has shape {tuple(value.shape)} "
                     f"in the checkpoint but {tuple(full[key].shape)} in the model"
                 )
+        for key, value in full.items():  # the frozen base comes from model_name_or_path, already loaded
+            state.setdefault(key, value)
 
     def _merge_outside_fit(self) -> None:
         if self.hparams.merge_for_inference and not self.trainer.state.fn == "fit":

@@ -105,3 +105,14 @@ def test_bad_checkpoints_are_one_line(tmp_path, tiny_ckpt, capsys):
         assert main(["validate", "--config", str(ROOT / "configs/sst2.yaml"), "--ckpt_path", str(path)]) == 2
         err = capsys.readouterr().err
         assert f"error: --ckpt_path {path}: {message}" in err and "Traceback" not in err
+
+
+def test_checkpoint_options_win_and_say_so(tmp_path, tiny_ckpt, tiny_model_dir, toy_glue_dir):
+    """C09: LightningCLI rebuilds the model from the checkpoint's hyperparameters; a different
+    --model.r on the command line is not silently dropped: a warning names both values."""
+    with pytest.warns(UserWarning, match=r"using the checkpoint's model.r=4, not model.r=8"):
+        cli = cli_main(["validate", "--config", str(ROOT / "configs/sst2.yaml"),
+                        "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+                        "--model.model_name_or_path", tiny_model_dir, "--model.r", "8",
+                        "--data.data_dir", toy_glue_dir, "--ckpt_path", tiny_ckpt])
+    assert cli.model.hparams.r == 4 and 0 <= float(cli.trainer.callback_metrics["val_acc"]) <= 1
