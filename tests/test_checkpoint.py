@@ -125,3 +125,30 @@ def test_resumed_run_equals_uninterrupted(tiny_model_dir, toy_glue_dir, tmp_path
     assert resumed_acc == full_acc
     for (name, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters()):
         assert torch.equal(a, b), name
+
+
+def test_interrupted_checkpoint_write_keeps_the_old_file(tiny_ckpt, tmp_path, monkeypatch):
+    """Lightning writes a checkpoint to a temporary file and moves it over the target only at the end
+    (an fsspec transaction): a kill before that leaves the previous last.ckpt whole and loadable."""
+    import shutil
+
+    from fsspec.implementations.local import LocalFileOpener
+    from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+    target = tmp_path / "last.ckpt"
+    shutil.copy(tiny_ckpt, target)
+    before = target.read_bytes()
+    state = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    state["global_step"] = 999
+
+    def killed(self):
+        raise KeyboardInterrupt("killed before the move")
+
+    monkeypatch.setattr(LocalFileOpener, "commit", killed)
+    with pytest.raises(KeyboardInterrupt):
+        TorchCheckpointIO().save_checkpoint(state, target)  # what ModelCheckpoint's save goes through
+    assert target.read_bytes() == before
+    assert torch.load(target, map_location="cpu", weights_only=True)["global_step"] != 999
+    monkeypatch.undo()
+    TorchCheckpointIO().save_checkpoint(state, target)
+    assert torch.load(target, map_location="cpu", weights_only=True)["global_step"] == 999
