@@ -57,8 +57,10 @@ def summarise(name: str, times: list[float], n: int, real: int, padded: int) -> 
             "seconds_per_pass": t, "passes": len(times), "peak_rss_mib": peak_rss_mib()}
 
 
-def run_package(n_samples: int, repeats: int) -> dict:
-    """The Lightning loop ``fit`` runs, timed per epoch by a callback; the first epoch is warm-up."""
+def run_package(n_samples: int, repeats: int, model_kw: dict | None = None, data_kw: dict | None = None,
+                name: str = "package (Lightning fit, length-grouped)") -> dict:
+    """The Lightning loop ``fit`` runs, timed per epoch by a callback; the first epoch is warm-up
+    (it also holds ``torch.compile``'s compile time, reported as ``warmup_s``)."""
     import pytorch_lightning as pl
 
     from lora_lightning.model import LoRAClassifier
@@ -82,8 +84,10 @@ def run_package(n_samples: int, repeats: int) -> dict:
     trainer = pl.Trainer(accelerator="cpu", max_epochs=repeats + 1, limit_val_batches=0, num_sanity_val_steps=0,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[timer])
-    trainer.fit(LoRAClassifier(MODEL), datamodule(n_samples))
-    return summarise("package (Lightning fit, length-grouped)", timer.times[1:], n_samples, timer.real, timer.padded)
+    trainer.fit(LoRAClassifier(MODEL, **(model_kw or {})), datamodule(n_samples, **(data_kw or {})))
+    row = summarise(name, timer.times[1:], n_samples, timer.real, timer.padded)
+    row["warmup_s"] = timer.times[0]
+    return row
 
 
 def peft_model(lora: bool = True):

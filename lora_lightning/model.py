@@ -95,6 +95,8 @@ class LoRAClassifier(pl.LightningModule):
         torch_dtype: dtype of the frozen base weights; ``bfloat16``/``float16`` halve their memory
             and need ``trainer.precision`` ``bf16-mixed``/``16-mixed`` (``float16`` needs a GPU).
             The trained tensors (LoRA, head) stay float32.
+        compile: run the backbone's forward through ``torch.compile(dynamic=True)`` (module and
+            checkpoint keys unchanged); compiling costs time up front, see BENCHMARKS.md.
         merge_for_inference: fold LoRA into the base weights for ``test``/``predict``/``validate``
             runs (outside ``fit``), so inference costs what the base model costs; unmerged after.
 
@@ -121,6 +123,7 @@ class LoRAClassifier(pl.LightningModule):
         warmup_ratio: float = 0.06,
         merge_for_inference: bool = False,
         torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        compile: bool = False,  # noqa: A002 (the option's name, as in torch.compile)
     ) -> None:
         super().__init__()
         if not learning_rate > 0:
@@ -216,6 +219,8 @@ class LoRAClassifier(pl.LightningModule):
             OptionError: a half-precision base without a matching mixed precision, or ``float16``
                 on CPU (one message naming ``model.torch_dtype`` and ``trainer.precision``).
         """
+        if self.hparams.compile and not hasattr(self.model.forward, "_torchdynamo_orig_callable"):
+            self.model.forward = torch.compile(self.model.forward, dynamic=True)
         dtype = self.hparams.torch_dtype
         if dtype == "float32":
             return

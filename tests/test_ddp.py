@@ -12,17 +12,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_ddp_two_cpu_processes(tmp_path, tiny_model_dir, toy_glue_dir):
     """Default find_unused_parameters=False works (frozen weights get no grad, every trainable one does);
-    both ranks end with identical LoRA tensors; each checkpoint is written once and stays adapter-sized."""
+    both ranks end with identical LoRA tensors; each checkpoint is written once and stays adapter-sized;
+    the synchronised val_acc reaches what one process reaches on the toy set
+    (test_model::test_tiny_model_learns_toy_set: >= 0.9)."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable, "-m", "lora_lightning", "fit", "--config", str(ROOT / "configs/sst2.yaml"),
         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-        "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
+        "--trainer.max_epochs", "25", "--trainer.check_val_every_n_epoch", "25", "--trainer.enable_progress_bar", "false",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
         "--trainer.callbacks+=rank_probe.SaveRankWeights", f"--trainer.callbacks.out_dir={tmp_path}",
-        "--model.model_name_or_path", tiny_model_dir, "--model.r", "4", "--model.lora_alpha", "8",
-        "--data.data_dir", toy_glue_dir, "--data.batch_size", "8",
+        "--model.model_name_or_path", tiny_model_dir, "--model.r", "8", "--model.lora_alpha", "16",
+        "--model.lora_dropout", "0", "--model.learning_rate", "1e-2", "--model.warmup_ratio", "0",
+        "--data.data_dir", toy_glue_dir, "--data.batch_size", "8", "--data.val_fraction", "0.2",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -33,7 +36,9 @@ def test_ddp_two_cpu_processes(tmp_path, tiny_model_dir, toy_glue_dir):
     ckpts = sorted(p.name for p in (tmp_path / "logs").rglob("*.ckpt"))
     assert ckpts.count("last.ckpt") == 1 and len(ckpts) == 2, ckpts
     state = torch.load(next((tmp_path / "logs").rglob("last.ckpt")), map_location="cpu", weights_only=True)
-    assert set(state["state_dict"]) == {f"model.{k}" for k in rank0} or set(state["state_dict"]) == set(rank0)
+    assert set(state["state_dict"]) == set(rank0)  # adapter-sized under DDP too
+    best = [v for k, v in state["callbacks"].items() if "ModelCheckpoint" in k][0]["best_model_score"]
+    assert float(best) >= 0.9
 
 
 def run_ok(cmd, env):
