@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 
 from benchmarks.checkpoint_size import bert_base_folder
+from benchmarks.train_throughput import Timer
 from lora_lightning.data import SST2DataModule
 from lora_lightning.model import LoRAClassifier
 
@@ -41,27 +42,6 @@ def bf16_matmul_rate(device: str, n: int = 8192, repeats: int = 20) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
     return 2 * n**3 * repeats / (time.perf_counter() - start)
-
-
-class Timer(pl.Callback):
-    """Times each training epoch and counts real and padded tokens."""
-
-    def __init__(self):
-        self.times, self.real, self.padded = [], 0, 0
-
-    def on_train_epoch_start(self, trainer, module):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.start, self.real, self.padded = time.perf_counter(), 0, 0
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        self.real += int(batch["attention_mask"].sum())
-        self.padded += batch["attention_mask"].numel()
-
-    def on_train_epoch_end(self, trainer, module):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.times.append(time.perf_counter() - self.start)
 
 
 def main(n_samples: int = 32000, batch_size: int = 32, accelerator: str = "cuda", epochs: int = 2,

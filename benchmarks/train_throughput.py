@@ -29,6 +29,7 @@ import statistics
 import time
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -57,30 +58,39 @@ def summarise(name: str, times: list[float], n: int, real: int, padded: int) -> 
             "seconds_per_pass": t, "passes": len(times), "peak_rss_mib": peak_rss_mib()}
 
 
+class Timer(pl.Callback):
+    """A Lightning callback timing each training epoch and counting real and padded tokens
+    (synchronising CUDA, when there is one, so the times are the GPU's too)."""
+
+    def __init__(self):
+        self.times, self.real, self.padded = [], 0, 0
+
+    @staticmethod
+    def _sync():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def on_train_epoch_start(self, trainer, module):
+        self._sync()
+        self.start, self.real, self.padded = time.perf_counter(), 0, 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        real, padded = tokens(batch)
+        self.real, self.padded = self.real + real, self.padded + padded
+
+    def on_train_epoch_end(self, trainer, module):
+        self._sync()
+        self.times.append(time.perf_counter() - self.start)
+
+
 def run_package(n_samples: int, repeats: int, model_kw: dict | None = None, data_kw: dict | None = None,
                 name: str = "package (Lightning fit, length-grouped)") -> dict:
     """The Lightning loop ``fit`` runs, timed per epoch by a callback; the first epoch is warm-up
     (it also holds ``torch.compile``'s compile time, reported as ``warmup_s``)."""
-    import pytorch_lightning as pl
-
     from lora_lightning.model import LoRAClassifier
 
-    class Timer(pl.Callback):
-        def __init__(self):
-            self.times, self.real, self.padded = [], 0, 0
-
-        def on_train_epoch_start(self, trainer, module):
-            self.start, self.real, self.padded = time.perf_counter(), 0, 0
-
-        def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            real, padded = tokens(batch)
-            self.real, self.padded = self.real + real, self.padded + padded
-
-        def on_train_epoch_end(self, trainer, module):
-            self.times.append(time.perf_counter() - self.start)
-
-    pl.seed_everything(0)
     timer = Timer()
+    pl.seed_everything(0)
     trainer = pl.Trainer(accelerator="cpu", max_epochs=repeats + 1, limit_val_batches=0, num_sanity_val_steps=0,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[timer])

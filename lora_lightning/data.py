@@ -67,6 +67,24 @@ def find_data_dir(data_dir: str | None) -> Path | None:
     return path
 
 
+def split_lines(path: Path, data: bytes) -> list[str]:
+    """UTF-8 (BOM allowed) ``data`` as lines without their LF or CRLF ends; the final newline ends
+    the last line rather than starting an empty one.
+
+    Raises:
+        DataFileError: invalid UTF-8, naming ``path`` and the line.
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataFileError(f"{path}, line {line}: not valid UTF-8 ({error.reason})") from None
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def check_tsv(path: Path, labeled: bool) -> list[str]:
     """Validate a GLUE-format TSV before ``datasets`` reads it; return its column names.
 
@@ -83,15 +101,8 @@ def check_tsv(path: Path, labeled: bool) -> list[str]:
     data = path.read_bytes()
     if not data.strip():
         raise DataFileError(f"{path}: file is empty (expected a header row 'sentence<TAB>label')")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise DataFileError(f"{path}, line {line}: not valid UTF-8 ({error.reason})") from None
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    header = lines[0].removesuffix("\r").split("\t")
+    lines = split_lines(path, data)
+    header = lines[0].split("\t")
     need = ["sentence", "label"] if labeled else ["sentence"]
     missing = [c for c in need if c not in header]
     if missing:
@@ -102,7 +113,7 @@ def check_tsv(path: Path, labeled: bool) -> list[str]:
         raise DataFileError(f"{path}: has a header but no rows")
     label_col = header.index("label") if labeled else None
     for number, line in enumerate(lines[1:], start=2):
-        fields = line.removesuffix("\r").split("\t")
+        fields = line.split("\t")
         if len(fields) != len(header):
             raise DataFileError(f"{path}, line {number}: {len(fields)} tab-separated fields, expected {len(header)} {header}")
         if label_col is not None and fields[label_col].strip() not in ("0", "1"):
@@ -150,16 +161,7 @@ def read_lines(path: Path) -> Dataset:
     """
     if not path.is_file():
         raise DataFileError(f"data.predict_file: {path}: file not found")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise DataFileError(f"{path}, line {line}: not valid UTF-8 ({error.reason})") from None
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
-    if lines and lines[-1] == "":
-        lines.pop()  # the file's final newline ends the last line; it is not a line of its own
-    return Dataset.from_dict({"sentence": lines})
+    return Dataset.from_dict({"sentence": split_lines(path, path.read_bytes())})
 
 
 class SST2DataModule(pl.LightningDataModule):
