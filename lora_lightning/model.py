@@ -95,6 +95,10 @@ class LoRAClassifier(pl.LightningModule):
         torch_dtype: dtype of the frozen base weights; ``bfloat16``/``float16`` halve their memory
             and need ``trainer.precision`` ``bf16-mixed``/``16-mixed`` (``float16`` needs a GPU).
             The trained tensors (LoRA, head) stay float32.
+        finetune: ``"lora"`` (the default) trains LoRA and the head; ``"full"`` trains every weight
+            of the model with no LoRA injected (the ceiling that LoRA is compared against; use a
+            full fine-tuning learning rate such as ``5e-5``, and expect full-size checkpoints).
+            The LoRA options are then unused.
         compile: run the backbone's forward through ``torch.compile(dynamic=True)`` (module and
             checkpoint keys unchanged); compiling costs time up front, see BENCHMARKS.md.
         merge_for_inference: fold LoRA into the base weights for ``test``/``predict``/``validate``
@@ -106,7 +110,7 @@ class LoRAClassifier(pl.LightningModule):
 
     Raises:
         OptionError: bad LoRA options or targets (see ``inject_lora``), ``warmup_ratio``
-            outside [0, 1), ``learning_rate <= 0``.
+            outside [0, 1), ``learning_rate <= 0``, ``finetune`` not ``lora``/``full``.
         ModelNotFoundError: the model cannot be loaded (see ``load_backbone``).
     """
 
@@ -124,6 +128,7 @@ class LoRAClassifier(pl.LightningModule):
         merge_for_inference: bool = False,
         torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         compile: bool = False,  # noqa: A002 (the option's name, as in torch.compile)
+        finetune: Literal["lora", "full"] = "lora",
     ) -> None:
         super().__init__()
         if not learning_rate > 0:
@@ -133,12 +138,20 @@ class LoRAClassifier(pl.LightningModule):
         self.save_hyperparameters()
         self.model = load_backbone(model_name_or_path, torch_dtype)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
-        try:
-            self.lora_modules = inject_lora(self.model, list(target_modules), r, lora_alpha, lora_dropout)
-        except ValueError as error:
-            raise OptionError(f"model: {error}") from None
+        if finetune not in ("lora", "full"):
+            raise OptionError(f"model.finetune must be 'lora' or 'full', got {finetune!r}")
         self.modules_to_save = ["classifier"] + (["pooler"] if train_pooler else [])
-        for p in mark_only_lora_as_trainable(self.model, self.modules_to_save):
+        if finetune == "full":
+            self.lora_modules = []
+            self.model.requires_grad_(True)
+            trainable = [name for name, _ in self.model.named_parameters()]
+        else:
+            try:
+                self.lora_modules = inject_lora(self.model, list(target_modules), r, lora_alpha, lora_dropout)
+            except ValueError as error:
+                raise OptionError(f"model: {error}") from None
+            trainable = mark_only_lora_as_trainable(self.model, self.modules_to_save)
+        for p in trainable:
             param = self.model.get_parameter(p)
             param.data = param.data.float()  # fp32 master weights for what trains (C11)
         # Checkpoints hold the trainable tensors only; on_load_checkpoint checks them, then fills in the frozen base.
@@ -198,8 +211,10 @@ class LoRAClassifier(pl.LightningModule):
         """Log trainable / total parameter counts, and register ``hp/val_acc`` as the hyperparameter
         metric (TensorBoard's hparams tab then shows val_acc against r, lora_alpha, learning_rate)."""
         trainable, total = count_parameters(self.model)
+        what = ("full fine-tuning" if self.hparams.get("finetune", "lora") == "full" else
+                f"LoRA r={self.hparams.r} on {len(self.lora_modules)} layers ({', '.join(self.hparams.target_modules)})")
         rank_zero_info(
-            f"LoRA r={self.hparams.r} on {len(self.lora_modules)} layers ({', '.join(self.hparams.target_modules)}): "
+            f"{what}: "
             f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
         )
         if self.logger is not None:
@@ -259,7 +274,8 @@ class LoRAClassifier(pl.LightningModule):
             raise CheckpointError("checkpoint has no 'state_dict': not a checkpoint written by LoRAClassifier")
         hp = self.hparams
         saved = checkpoint.get("hyper_parameters", {})
-        for name in ("r", "lora_alpha", "target_modules", "train_pooler"):
+        saved = {"finetune": "lora", **saved}  # checkpoints from before the option are LoRA ones
+        for name in ("finetune", "r", "lora_alpha", "target_modules", "train_pooler"):
             if name in saved and normalise_hparam(saved[name]) != normalise_hparam(hp[name]):
                 raise CheckpointError(
                     f"checkpoint was trained with model.{name}={saved[name]!r} but this run has "

@@ -182,3 +182,35 @@ def test_nan_loss_stops_the_run_keeping_checkpoints(tiny_model_dir, toy_glue_dir
     saved = sorted(p.name for p in tmp_path.glob("*.ckpt"))
     assert saved == ["epoch=0-step=2.ckpt"]
     LoRAClassifier.load_from_checkpoint(tmp_path / saved[0], map_location="cpu")  # the last good one loads
+
+
+def test_full_finetune_trains_every_weight_and_keeps_its_checkpoint_apart(tiny_model_dir, toy_glue_dir, tmp_path):
+    """``finetune="full"``: no LoRA layer, every weight trains and moves, and its checkpoint is
+    refused by a LoRA model (by the option's name) but restores a full model exactly."""
+    from transformers import AutoModelForSequenceClassification
+
+    from lora_lightning.lora import LoRALinear
+
+    pl.seed_everything(0)
+    model = LoRAClassifier(tiny_model_dir, finetune="full", learning_rate=1e-3)
+    plain = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    total = sum(p.numel() for p in plain.parameters())
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == total == sum(p.numel() for p in model.parameters())
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    before = model.model.bert.encoder.layer[0].intermediate.dense.weight.detach().clone()
+    t = trainer(max_steps=3, limit_val_batches=0)
+    t.fit(model, SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir, batch_size=16))
+    assert not torch.equal(before, model.model.bert.encoder.layer[0].intermediate.dense.weight)
+    path = tmp_path / "full.ckpt"
+    t.save_checkpoint(path)
+    assert len(torch.load(path, weights_only=True)["state_dict"]) == len(model.state_dict())
+    with pytest.raises(ValueError, match=r"trained with model.finetune='full' but this run has model.finetune='lora'"):
+        LoRAClassifier(tiny_model_dir).on_load_checkpoint(torch.load(path, weights_only=True))
+    again = LoRAClassifier.load_from_checkpoint(path)
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_unknown_finetune_mode_is_refused(tiny_model_dir):
+    with pytest.raises(ValueError, match=r"model.finetune must be 'lora' or 'full', got 'adapter'"):
+        LoRAClassifier(tiny_model_dir, finetune="adapter")

@@ -1,0 +1,202 @@
+"""The parameter-efficiency sweep: trainable parameters vs GLUE dev accuracy on SST-2.
+
+    python -m benchmarks.sweep                       # every row (about 80 min on 2 CPU cores)
+    python -m benchmarks.sweep --rows lr             # only the learning-rate check
+    python -m benchmarks.sweep --rows r1,r8-all      # named rows
+
+Each row is ``fit`` of ``configs/sst2.yaml`` with its overrides, for ``--epochs`` epochs (1 by
+default), then ``test`` on GLUE dev with the best checkpoint (by ``val_acc``). Rows are run in
+the order below and appended to ``--csv`` as they finish; a row already in the CSV is not run
+again, so an interrupted sweep picks up where it stopped.
+
+1. The learning-rate check: 3e-4, 1e-3, 3e-3 at r=4 on query+value.
+2. The rank sweep at the learning rate with the best ``val_acc`` (chosen on val, never on dev):
+   r in {1, 2, 4, 8, 16} on query+value with ``lora_alpha`` fixed at 16 (Hu et al. 2021 set
+   alpha once and do not retune it per r), and r=8 on every attention and feed-forward Linear.
+3. Full fine-tuning of the same model (``--model.finetune full``, lr 5e-5) as the ceiling.
+
+Then the plot (``--png``): x = trainable parameters (log), y = GLUE dev accuracy. It needs
+matplotlib (``pip install -e ".[bench]"``).
+"""
+
+from __future__ import annotations
+
+import csv
+import platform
+import shlex
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from lora_lightning.cli import cli_main
+from lora_lightning.lora import count_parameters
+
+LEARNING_RATES = {"lr3e-4": 3e-4, "lr1e-3": 1e-3, "lr3e-3": 3e-3}
+ALL_LINEARS = ["query", "key", "value", "output.dense", "intermediate.dense"]  # not the pooler's dense
+FULL_FINETUNE_LR = 5e-5
+FIELDS = ["row", "finetune", "r", "lora_alpha", "target_modules", "learning_rate", "epochs",
+          "trainable_params", "total_params", "trainable_pct", "val_acc", "dev_acc", "dev_f1",
+          "fit_minutes", "machine", "date", "command"]
+
+
+def row_options(row: str, best_lr: float | None) -> dict:
+    """The model options of one sweep row (``best_lr``: the lr check's winner, for the rank rows)."""
+    if row in LEARNING_RATES:
+        return {"r": 4, "learning_rate": LEARNING_RATES[row]}
+    if row == "full":
+        return {"finetune": "full", "learning_rate": FULL_FINETUNE_LR}
+    if best_lr is None:
+        raise ValueError(f"row {row!r} needs the learning-rate check first: run --rows lr")
+    if row == "r8-all":
+        return {"r": 8, "target_modules": ALL_LINEARS, "learning_rate": best_lr}
+    if row.startswith("r") and row[1:].isdigit():
+        return {"r": int(row[1:]), "learning_rate": best_lr}
+    raise ValueError(f"unknown sweep row {row!r}: expected {', '.join(ROWS)}")
+
+
+ROWS = [*LEARNING_RATES, "r1", "r2", "r4", "r8", "r16", "r8-all", "full"]
+
+
+def cli_args(options: dict, epochs: int, log_dir: str, version: str, config: str, extra: list[str]) -> list[str]:
+    """Command-line arguments for ``fit`` of one row."""
+    args = ["fit", "--config", config, "--trainer.max_epochs", str(epochs),
+            "--trainer.logger.init_args.save_dir", log_dir, "--trainer.logger.init_args.name", "sweep",
+            "--trainer.logger.init_args.version", version]
+    for key, value in options.items():
+        args += [f"--model.{key}", f"[{','.join(value)}]" if isinstance(value, list) else str(value)]
+    return args + list(extra)
+
+
+def run_row(row: str, options: dict, epochs: int, log_dir: str, config: str, extra: list[str]) -> dict:
+    """Fit one row, test its best checkpoint on GLUE dev, return its CSV record."""
+    version = f"{row}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args = cli_args(options, epochs, log_dir, version, config, extra)
+    start = time.perf_counter()
+    cli = cli_main(args)
+    minutes = (time.perf_counter() - start) / 60
+    best = cli.trainer.checkpoint_callback
+    (result,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
+    trainable, total = count_parameters(cli.model.model)
+    hp = cli.model.hparams
+    return {
+        "row": row, "finetune": hp.finetune, "r": hp.r if hp.finetune == "lora" else "",
+        "lora_alpha": hp.lora_alpha if hp.finetune == "lora" else "",
+        "target_modules": "+".join(hp.target_modules) if hp.finetune == "lora" else "all weights",
+        "learning_rate": hp.learning_rate, "epochs": epochs, "trainable_params": trainable,
+        "total_params": total, "trainable_pct": round(100 * trainable / total, 4),
+        "val_acc": round(float(best.best_model_score), 4), "dev_acc": round(result["test_acc"], 4),
+        "dev_f1": round(result["test_f1"], 4), "fit_minutes": round(minutes, 1),
+        "machine": f"{torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}, torch {torch.__version__}",
+        "date": date.today().isoformat(),
+        "command": "python -m lora_lightning " + " ".join(args),
+    }
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The rows already measured (empty when the file does not exist)."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def best_learning_rate(records: list[dict]) -> float | None:
+    """The lr check's learning rate with the highest ``val_acc`` (``None`` before the check ran)."""
+    checked = [r for r in records if r["row"] in LEARNING_RATES]
+    return float(max(checked, key=lambda r: float(r["val_acc"]))["learning_rate"]) if checked else None
+
+
+def plot(records: list[dict], png: Path) -> None:
+    """Trainable parameters (log x) vs GLUE dev accuracy: the rank rows as a line, the rest as points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    by_row = {r["row"]: r for r in records}
+    line = [by_row[k] for k in ("r1", "r2", "r4", "r8", "r16") if k in by_row]
+    if line:
+        ax.plot([int(r["trainable_params"]) for r in line], [float(r["dev_acc"]) for r in line],
+                "o-", label="LoRA on query+value, r = 1..16")
+    for key, style, label in (("r8-all", "s", "LoRA r=8 on all attention + FFN Linears"),
+                              ("full", "*", "full fine-tuning")):
+        if key in by_row:
+            r = by_row[key]
+            ax.plot(int(r["trainable_params"]), float(r["dev_acc"]), style, markersize=10, label=label)
+    for r in [*line, *(by_row[k] for k in ("r8-all", "full") if k in by_row)]:
+        ax.annotate(r["row"], (int(r["trainable_params"]), float(r["dev_acc"])),
+                    textcoords="offset points", xytext=(4, -12), fontsize=8)
+    epochs = sorted({str(r["epochs"]) for r in records})
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("GLUE SST-2 dev accuracy (872 sentences)")
+    ax.set_title(f"all-MiniLM-L6-v2 on SST-2, {'/'.join(epochs)} epoch(s) per run")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def main(rows: str = "all", epochs: int = 1, csv_path: str = "benchmarks/results/sweep.csv",
+         png: str = "docs/sweep.png", log_dir: str = "lightning_logs", config: str = "configs/sst2.yaml",
+         extra: str = "") -> list[dict]:
+    """Run the rows not yet in ``csv_path``, append each as it finishes, redraw ``png``.
+
+    Args:
+        rows: comma-separated row names, ``lr`` (the three learning-rate rows) or ``all``.
+        epochs: epochs per row.
+        csv_path: results file, read first (its rows are not run again) and appended to.
+        png: the plot to (re)draw.
+        log_dir: TensorBoard / checkpoint folder; each row writes ``<log_dir>/sweep/<row>-<time>``.
+        config: the recipe that the rows override.
+        extra: more ``fit`` arguments for every row, e.g. ``--extra="--trainer.max_steps 50"``.
+
+    Raises:
+        ValueError: an unknown row, or a rank row before the learning-rate check.
+    """
+    wanted = [r for name in rows.split(",") for r in (list(LEARNING_RATES) if name == "lr" else ROWS if name == "all" else [name])]
+    for name in wanted:
+        if name not in ROWS:
+            raise ValueError(f"unknown sweep row {name!r}: expected one of lr, all, {', '.join(ROWS)}")
+    path = Path(csv_path)
+    records = read_csv(path)
+    for row in wanted:
+        if any(r["row"] == row for r in records):
+            print(f"sweep: {row} already in {path}, skipped")
+            continue
+        options = row_options(row, best_learning_rate(records))
+        same = [r for r in records if r["row"] in LEARNING_RATES and options == row_options(r["row"], None)
+                and int(r["epochs"]) == epochs]
+        if same:  # e.g. r4 at the lr check's winner: the same run (same seed), not run twice
+            record = {**same[0], "row": row}
+            print(f"sweep: {row} is the same run as {same[0]['row']}: its result is reused")
+        else:
+            record = run_row(row, options, epochs, log_dir, config, shlex.split(extra))
+        records.append(record)
+        new = not path.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(record)
+        print(f"sweep: {row}: val_acc {record['val_acc']}, dev_acc {record['dev_acc']}, "
+              f"{record['trainable_params']:,} trainable, {record['fit_minutes']} min")
+    plot(records, Path(png))
+    print(f"{'row':8} {'trainable':>11} {'%':>8} {'lr':>8} {'val_acc':>8} {'dev_acc':>8} {'min':>6}")
+    for r in records:
+        print(f"{r['row']:8} {int(r['trainable_params']):>11,} {float(r['trainable_pct']):>8.3f} "
+              f"{float(r['learning_rate']):>8.0e} {float(r['val_acc']):>8.4f} {float(r['dev_acc']):>8.4f} "
+              f"{float(r['fit_minutes']):>6.1f}")
+    return records
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    CLI(main, as_positional=False)
