@@ -108,6 +108,15 @@ def best_learning_rate(records: list[dict]) -> float | None:
     return float(max(checked, key=lambda r: float(r["val_acc"]))["learning_rate"]) if checked else None
 
 
+DEV_SENTENCES = 872  # GLUE SST-2 dev, the test set here
+
+
+def standard_error(record: dict) -> float:
+    """Binomial standard error of a dev accuracy: sqrt(p (1 - p) / 872), about 0.011 at p = 0.87."""
+    p = float(record["dev_acc"])
+    return (p * (1 - p) / DEV_SENTENCES) ** 0.5
+
+
 def plot(records: list[dict], png: Path) -> None:
     """Trainable parameters (log x) vs GLUE dev accuracy: the rank rows as a line, the rest as points."""
     import matplotlib
@@ -119,13 +128,14 @@ def plot(records: list[dict], png: Path) -> None:
     by_row = {r["row"]: r for r in records}
     line = [by_row[k] for k in ("r1", "r2", "r4", "r8", "r16") if k in by_row]
     if line:
-        ax.plot([int(r["trainable_params"]) for r in line], [float(r["dev_acc"]) for r in line],
-                "o-", label="LoRA on query+value, r = 1..16")
+        ax.errorbar([int(r["trainable_params"]) for r in line], [float(r["dev_acc"]) for r in line],
+                    yerr=[standard_error(r) for r in line], fmt="o-", capsize=3, label="LoRA on query+value, r = 1..16")
     for key, style, label in (("r8-all", "s", "LoRA r=8 on all attention + FFN Linears"),
                               ("full", "*", "full fine-tuning")):
         if key in by_row:
             r = by_row[key]
-            ax.plot(int(r["trainable_params"]), float(r["dev_acc"]), style, markersize=10, label=label)
+            ax.errorbar(int(r["trainable_params"]), float(r["dev_acc"]), yerr=standard_error(r), fmt=style,
+                        markersize=10, capsize=3, label=label)
     for r in [*line, *(by_row[k] for k in ("r8-all", "full") if k in by_row)]:
         ax.annotate(r["row"], (int(r["trainable_params"]), float(r["dev_acc"])),
                     textcoords="offset points", xytext=(4, -12), fontsize=8)
@@ -133,7 +143,8 @@ def plot(records: list[dict], png: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("GLUE SST-2 dev accuracy (872 sentences)")
-    ax.set_title(f"all-MiniLM-L6-v2 on SST-2, {'/'.join(epochs)} epoch(s) per run")
+    ax.set_title(f"all-MiniLM-L6-v2 on SST-2, {'/'.join(epochs)} epoch{'' if epochs == ['1'] else 's'} per run "
+                 f"(bars: ±1 binomial standard error)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
