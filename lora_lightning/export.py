@@ -96,6 +96,7 @@ def export(
     Raises:
         OutputExistsError: ``output_dir`` exists and ``overwrite`` is false.
         CheckpointError: the checkpoint is missing, unreadable or does not fit the model.
+        OptionError: ``adapter`` asked of a full fine-tuning checkpoint (it has no adapter).
     """
     from lora_lightning.model import LoRAClassifier, check_checkpoint  # Lightning stays out of the export helpers above
 
@@ -104,6 +105,9 @@ def export(
         raise OutputExistsError(f"output_dir {out} exists: pass --overwrite true to replace it")
     check_checkpoint(ckpt_path)
     module = LoRAClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    if format == "adapter" and module.hparams.get("finetune", "lora") == "full":
+        raise OptionError(f"--format adapter: {ckpt_path} was trained with model.finetune=full, so it has no "
+                          "LoRA adapter; use --format merged (a plain transformers folder)")
     model = module.model.eval()
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(module.hparams.model_name_or_path))
     # Write next to the target, then swap it in: a failed export leaves the old folder intact.

@@ -54,3 +54,26 @@ def test_existing_output_is_never_overwritten(tiny_ckpt, tmp_path):
     assert (out / "mine.txt").read_text() == "user data"
     export(tiny_ckpt, str(out), format="adapter", overwrite=True)
     assert (out / "adapter_config.json").is_file() and not (out / "mine.txt").exists()
+
+
+def test_full_finetune_exports_merged_not_adapter(tiny_model_dir, toy_glue_dir, tmp_path):
+    """A ``finetune=full`` checkpoint exports as a plain folder with its logits; ``adapter`` is refused by name."""
+    import pytorch_lightning as pl
+
+    from conftest import quiet_trainer
+    from lora_lightning.data import SST2DataModule
+
+    pl.seed_everything(0)
+    module = LoRAClassifier(tiny_model_dir, finetune="full", learning_rate=1e-3)
+    trainer = quiet_trainer(max_steps=3, limit_val_batches=0)
+    trainer.fit(module, SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir, batch_size=16))
+    ckpt = tmp_path / "full.ckpt"
+    trainer.save_checkpoint(ckpt)
+    with pytest.raises(ValueError, match=r"--format adapter: .* model.finetune=full, so it has no LoRA adapter"):
+        export(str(ckpt), str(tmp_path / "adapter"), format="adapter")
+    assert not (tmp_path / "adapter").exists()
+    out = export(str(ckpt), str(tmp_path / "merged"))
+    batch = sentence_batch(tiny_model_dir)
+    plain = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**batch).logits, module.eval()(**batch), atol=1e-5, rtol=0)
