@@ -1,6 +1,6 @@
 """The parameter-efficiency sweep: trainable parameters vs GLUE dev accuracy on SST-2.
 
-    python -m benchmarks.sweep                       # every row (about 80 min on 2 CPU cores)
+    python -m benchmarks.sweep                       # every row (64 min on 2 CPU cores, 2026-11-29)
     python -m benchmarks.sweep --rows lr             # only the learning-rate check
     python -m benchmarks.sweep --rows r1,r8-all      # named rows
 
