@@ -37,7 +37,7 @@ LEARNING_RATES = {"lr3e-4": 3e-4, "lr1e-3": 1e-3, "lr3e-3": 3e-3}
 ALL_LINEARS = ["query", "key", "value", "output.dense", "intermediate.dense"]  # not the pooler's dense
 FULL_FINETUNE_LR = 5e-5
 FIELDS = ["row", "finetune", "r", "lora_alpha", "target_modules", "learning_rate", "epochs",
-          "trainable_params", "total_params", "trainable_pct", "val_acc", "dev_acc", "dev_f1",
+          "trainable_params", "total_params", "trainable_pct", "val_acc", "dev_acc", "dev_f1", "dev_n",
           "fit_minutes", "machine", "date", "command"]
 
 
@@ -48,7 +48,7 @@ def row_options(row: str, best_lr: float | None) -> dict:
     if row == "full":
         return {"finetune": "full", "learning_rate": FULL_FINETUNE_LR}
     if best_lr is None:
-        raise ValueError(f"row {row!r} needs the learning-rate check first: run --rows lr")
+        raise ValueError(f"row {row!r} needs the whole learning-rate check first: run --rows lr")
     if row == "r8-all":
         return {"r": 8, "target_modules": ALL_LINEARS, "learning_rate": best_lr}
     if row.startswith("r") and row[1:].isdigit():
@@ -87,10 +87,11 @@ def run_row(row: str, options: dict, epochs: int, log_dir: str, config: str, ext
         "learning_rate": hp.learning_rate, "epochs": epochs, "trainable_params": trainable,
         "total_params": total, "trainable_pct": round(100 * trainable / total, 4),
         "val_acc": round(float(best.best_model_score), 4), "dev_acc": round(result["test_acc"], 4),
-        "dev_f1": round(result["test_f1"], 4), "fit_minutes": round(minutes, 1),
+        "dev_f1": round(result["test_f1"], 4), "dev_n": len(cli.datamodule.datasets["test"]),
+        "fit_minutes": round(minutes, 1),
         "machine": f"{torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}, torch {torch.__version__}",
         "date": date.today().isoformat(),
-        "command": "python -m lora_lightning " + " ".join(args),
+        "command": "python -m lora_lightning " + shlex.join(args),
     }
 
 
@@ -103,18 +104,17 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def best_learning_rate(records: list[dict]) -> float | None:
-    """The lr check's learning rate with the highest ``val_acc`` (``None`` before the check ran)."""
+    """The lr check's learning rate with the highest ``val_acc`` (``None`` until all its rows ran)."""
     checked = [r for r in records if r["row"] in LEARNING_RATES]
-    return float(max(checked, key=lambda r: float(r["val_acc"]))["learning_rate"]) if checked else None
-
-
-DEV_SENTENCES = 872  # GLUE SST-2 dev, the test set here
+    if len(checked) < len(LEARNING_RATES):
+        return None
+    return float(max(checked, key=lambda r: float(r["val_acc"]))["learning_rate"])
 
 
 def standard_error(record: dict) -> float:
-    """Binomial standard error of a dev accuracy: sqrt(p (1 - p) / 872), about 0.011 at p = 0.87."""
+    """Binomial standard error of a dev accuracy: sqrt(p (1 - p) / dev_n), about 0.011 at p = 0.87, n = 872."""
     p = float(record["dev_acc"])
-    return (p * (1 - p) / DEV_SENTENCES) ** 0.5
+    return (p * (1 - p) / int(record["dev_n"])) ** 0.5
 
 
 def plot(records: list[dict], png: Path) -> None:
@@ -136,13 +136,22 @@ def plot(records: list[dict], png: Path) -> None:
             r = by_row[key]
             ax.errorbar(int(r["trainable_params"]), float(r["dev_acc"]), yerr=standard_error(r), fmt=style,
                         markersize=10, capsize=3, label=label)
-    for r in [*line, *(by_row[k] for k in ("r8-all", "full") if k in by_row)]:
-        ax.annotate(r["row"], (int(r["trainable_params"]), float(r["dev_acc"])),
-                    textcoords="offset points", xytext=(4, -12), fontsize=8)
+    best_lr = best_learning_rate(records)
+    lr_rows = [r for r in records if r["row"] in LEARNING_RATES
+               and not ("r4" in by_row and float(r["learning_rate"]) == best_lr)]  # r4 is that run
+    if lr_rows:
+        ax.errorbar([int(r["trainable_params"]) for r in lr_rows], [float(r["dev_acc"]) for r in lr_rows],
+                    yerr=[standard_error(r) for r in lr_rows], fmt="x", color="grey", capsize=3,
+                    label="lr check, r=4 on query+value")
+    for r in [*line, *lr_rows, *(by_row[k] for k in ("r8-all", "full") if k in by_row)]:
+        left = r in lr_rows  # the lr rows share r4's x: label them on the other side
+        ax.annotate(r["row"], (int(r["trainable_params"]), float(r["dev_acc"])), textcoords="offset points",
+                    xytext=(-6, -3) if left else (4, -12), ha="right" if left else "left", fontsize=8)
     epochs = sorted({str(r["epochs"]) for r in records})
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel("GLUE SST-2 dev accuracy (872 sentences)")
+    sizes = "/".join(sorted({str(r["dev_n"]) for r in records}))
+    ax.set_ylabel(f"GLUE SST-2 dev accuracy ({sizes} sentences)")
     ax.set_title(f"all-MiniLM-L6-v2 on SST-2, {'/'.join(epochs)} epoch{'' if epochs == ['1'] else 's'} per run "
                  f"(bars: ±1 binomial standard error)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
@@ -159,7 +168,8 @@ def main(rows: str = "all", epochs: int = 1, csv_path: str = "benchmarks/results
     """Run the rows not yet in ``csv_path``, append each as it finishes, redraw ``png``.
 
     Args:
-        rows: comma-separated row names, ``lr`` (the three learning-rate rows) or ``all``.
+        rows: comma-separated row names, ``lr`` (the three learning-rate rows) or ``all``; the rows are
+            lr3e-4, lr1e-3, lr3e-3, r1, r2, r4, r8, r16, r8-all, full (rank rows need the lr rows first).
         epochs: epochs per row.
         csv_path: results file, read first (its rows are not run again) and appended to.
         png: the plot to (re)draw.

@@ -27,6 +27,7 @@ def test_sweep_rows_csv_and_plot(tiny_model_dir, toy_glue_dir, tmp_path):
     # r=8 on q, k, v, attention.output.dense (32->32), intermediate.dense (32->64), output.dense (64->32)
     assert int(rows["r8-all"]["trainable_params"]) == 2 * 8 * (4 * 64 + 96 + 96) + 66
     assert rows["full"]["trainable_pct"] == "100.0" and float(rows["full"]["learning_rate"]) == 5e-5
+    assert all(r["dev_n"] == "40" for r in rows.values())  # the toy dev set
     assert all(0 <= float(r["dev_acc"]) <= 1 and r["command"].startswith("python -m lora_lightning fit") for r in rows.values())
     assert png.stat().st_size > 10_000
     before = out_csv.read_text()
@@ -37,5 +38,9 @@ def test_sweep_rows_csv_and_plot(tiny_model_dir, toy_glue_dir, tmp_path):
 def test_rank_rows_need_the_lr_check_first():
     with pytest.raises(ValueError, match="run --rows lr"):
         sweep.row_options("r8", best_lr=None)
+    partial = [{"row": "lr3e-4", "val_acc": "0.9", "learning_rate": "0.0003"}]  # lr check not finished
+    assert sweep.best_learning_rate(partial) is None
+    assert sweep.best_learning_rate([*partial, {"row": "lr1e-3", "val_acc": "0.95", "learning_rate": "0.001"},
+                                     {"row": "lr3e-3", "val_acc": "0.5", "learning_rate": "0.003"}]) == 1e-3
     with pytest.raises(ValueError, match="unknown sweep row 'r8-mlp'"):
         sweep.main("r8-mlp")
