@@ -80,10 +80,10 @@ def run_row(row: str, options: dict, epochs: int, log_dir: str, config: str, ext
     (result,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     trainable, total = count_parameters(cli.model.model)
     hp = cli.model.hparams
+    lora = hp.finetune == "lora"
     return {
-        "row": row, "finetune": hp.finetune, "r": hp.r if hp.finetune == "lora" else "",
-        "lora_alpha": hp.lora_alpha if hp.finetune == "lora" else "",
-        "target_modules": "+".join(hp.target_modules) if hp.finetune == "lora" else "all weights",
+        "row": row, "finetune": hp.finetune, "r": hp.r if lora else "", "lora_alpha": hp.lora_alpha if lora else "",
+        "target_modules": "+".join(hp.target_modules) if lora else "all weights",
         "learning_rate": hp.learning_rate, "epochs": epochs, "trainable_params": trainable,
         "total_params": total, "trainable_pct": round(100 * trainable / total, 4),
         "val_acc": round(float(best.best_model_score), 4), "dev_acc": round(result["test_acc"], 4),

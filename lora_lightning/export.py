@@ -105,7 +105,7 @@ def export(
         raise OutputExistsError(f"output_dir {out} exists: pass --overwrite true to replace it")
     check_checkpoint(ckpt_path)
     module = LoRAClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-    if format == "adapter" and module.hparams.get("finetune", "lora") == "full":
+    if format == "adapter" and module.hparams.finetune == "full":
         raise OptionError(f"--format adapter: {ckpt_path} was trained with model.finetune=full, so it has no "
                           "LoRA adapter; use --format merged (a plain transformers folder)")
     model = module.model.eval()

@@ -211,7 +211,7 @@ class LoRAClassifier(pl.LightningModule):
         """Log trainable / total parameter counts, and register ``hp/val_acc`` as the hyperparameter
         metric (TensorBoard's hparams tab then shows val_acc against r, lora_alpha, learning_rate)."""
         trainable, total = count_parameters(self.model)
-        what = ("full fine-tuning" if self.hparams.get("finetune", "lora") == "full" else
+        what = ("full fine-tuning" if self.hparams.finetune == "full" else
                 f"LoRA r={self.hparams.r} on {len(self.lora_modules)} layers ({', '.join(self.hparams.target_modules)})")
         rank_zero_info(
             f"{what}: "
