@@ -10,7 +10,8 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from lora_lightning.data import SST2DataModule
 from lora_lightning.errors import LoRALightningError
-from lora_lightning.model import LoRAClassifier, check_checkpoint, normalise_hparam
+from lora_lightning.checkpoint import check_checkpoint, normalise_hparam
+from lora_lightning.model import LoRAClassifier
 
 
 class LoRACLI(LightningCLI):

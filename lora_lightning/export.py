@@ -98,7 +98,8 @@ def export(
         CheckpointError: the checkpoint is missing, unreadable or does not fit the model.
         OptionError: ``adapter`` asked of a full fine-tuning checkpoint (it has no adapter).
     """
-    from lora_lightning.model import LoRAClassifier, check_checkpoint  # Lightning stays out of the export helpers above
+    from lora_lightning.checkpoint import check_checkpoint
+    from lora_lightning.model import LoRAClassifier  # Lightning stays out of the export helpers above
 
     out = Path(output_dir)
     if out.exists() and not overwrite:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -14,16 +13,12 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryF1Score
 from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
+from lora_lightning.checkpoint import check_options, fill_frozen, keep_trainable
 from lora_lightning.errors import CheckpointError, OptionError, TrainingDivergedError
 from lora_lightning.hub import hub_error, resolve_model_path
 from lora_lightning.lora import count_parameters, inject_lora, mark_only_lora_as_trainable, merge_lora, unmerge_lora
 
 ID2LABEL = {0: "negative", 1: "positive"}
-
-
-def normalise_hparam(value):
-    """Compare hyperparameters across YAML/pickle round trips: tuples as lists (and 16 == 16.0 as is)."""
-    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 HALF_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -50,28 +45,6 @@ def load_backbone(model_name_or_path: str, torch_dtype: str | None = None) -> nn
         )
     except OSError as error:
         raise hub_error(model_name_or_path, error) from None
-
-
-def check_checkpoint(ckpt_path: str) -> None:
-    """Refuse, in one line, a ``--ckpt_path`` that is missing, empty, truncated or not a checkpoint.
-
-    Loads with ``weights_only=True``: no pickled code runs.
-
-    Raises:
-        CheckpointError: naming the path and what is wrong with it.
-    """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"--ckpt_path {path}: file not found")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"--ckpt_path {path}: file is empty (0 bytes)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... by cause
-        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-        raise CheckpointError(f"--ckpt_path {path}: not a readable checkpoint (truncated, or another kind of file): {reason}") from None
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise CheckpointError(f"--ckpt_path {path}: a PyTorch file, but not a Lightning checkpoint (no 'state_dict')")
 
 
 class LoRAClassifier(pl.LightningModule):
@@ -253,61 +226,30 @@ class LoRAClassifier(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep only the trainable tensors: an adapter-sized checkpoint, not a copy of BERT."""
-        keep = self.trainable_state_keys()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["state_dict"] = keep_trainable(checkpoint["state_dict"], self.trainable_state_keys())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse a checkpoint that does not fit, naming the option or the first mismatching key.
+        """Refuse a checkpoint that does not fit, naming the option or the first mismatching key;
+        then fill in the frozen base (already loaded from ``model_name_or_path``).
 
-        The LoRA options saved with the checkpoint (``r``, ``lora_alpha``, ``target_modules``,
-        ``train_pooler``) must equal this model's: the CLI builds the model from the config, not
-        from the checkpoint (Lightning #20310), and a different ``lora_alpha`` would silently
-        rescale the update.
+        The structure options saved with the checkpoint (``finetune``, ``r``, ``lora_alpha``,
+        ``target_modules``, ``train_pooler``) must equal this model's: a different ``lora_alpha``
+        would silently rescale the update.
 
         Raises:
-            CheckpointError: a LoRA option that differs from the checkpoint's (named ``model.<option>``),
-                a trainable tensor missing from the checkpoint, a shape mismatch (another
-                ``r``, another base), or a key the model does not have.
+            CheckpointError: see ``checkpoint.check_options`` and ``checkpoint.fill_frozen``.
         """
         state = checkpoint.get("state_dict")
         if not isinstance(state, dict):
             raise CheckpointError("checkpoint has no 'state_dict': not a checkpoint written by LoRAClassifier")
         hp = self.hparams
         saved = checkpoint.get("hyper_parameters", {})
-        saved = {"finetune": "lora", **saved}  # checkpoints from before the option are LoRA ones
-        for name in ("finetune", "r", "lora_alpha", "target_modules", "train_pooler"):
-            if name in saved and normalise_hparam(saved[name]) != normalise_hparam(hp[name]):
-                raise CheckpointError(
-                    f"checkpoint was trained with model.{name}={saved[name]!r} but this run has "
-                    f"model.{name}={hp[name]!r}: pass --model.{name} {saved[name]!r} (or the run's config.yaml)"
-                )
+        check_options(saved, hp)
         if saved.get("model_name_or_path", hp.model_name_or_path) != hp.model_name_or_path:
             rank_zero_warn(f"checkpoint was trained on model.model_name_or_path={saved['model_name_or_path']!r}, "
                            f"this run loads {hp.model_name_or_path!r}")
-        expected = self.trainable_state_keys()
         model = f"model: {hp.model_name_or_path}, r={hp.r}, target_modules={list(hp.target_modules)}"
-        for key, shape in expected.items():
-            if key not in state:
-                raise CheckpointError(f"checkpoint does not fit ({model}): key {key!r} of shape {tuple(shape)} is missing from it")
-            if state[key].shape != shape:
-                raise CheckpointError(
-                    f"checkpoint does not fit ({model}): {key!r} has shape {tuple(state[key].shape)} "
-                    f"in the checkpoint but {tuple(shape)} in the model"
-                )
-        # A full state dict (e.g. saved without this hook) is fine as long as its other keys fit the model.
-        full = self.state_dict()
-        for key, value in state.items():
-            if key in expected:
-                continue
-            if key not in full:
-                raise CheckpointError(f"checkpoint does not fit ({model}): unexpected key {key!r} of shape {tuple(value.shape)}")
-            if value.shape != full[key].shape:
-                raise CheckpointError(
-                    f"checkpoint does not fit ({model}): {key!r} has shape {tuple(value.shape)} "
-                    f"in the checkpoint but {tuple(full[key].shape)} in the model"
-                )
-        for key, value in full.items():  # the frozen base comes from model_name_or_path, already loaded
-            state.setdefault(key, value)
+        fill_frozen(state, self.trainable_state_keys(), self.state_dict(), model)
 
     def _merge_outside_fit(self) -> None:
         if self.hparams.merge_for_inference and not self.trainer.state.fn == "fit":
