@@ -1,24 +1,125 @@
-"""The command line: ``python -m lora_lightning fit|validate|test|predict --config configs/sst2.yaml``."""
+"""The command line: ``python -m lora_lightning fit|validate|test|predict|export --config sst2.yaml``.
+
+Wiring only: LightningCLI with the model, the data module and this package's rules for options:
+
+- ``--config NAME`` that is not a file here is looked up among the configs that ship with the
+  package (``lora_lightning/configs/``, also ``configs/`` at the repository root);
+- a mistyped option or a bad value is one line (``error: ...``, exit status 2) with a "did you mean";
+- with ``--ckpt_path``, the options that define the checkpoint's tensors come from the checkpoint
+  (LightningCLI rebuilds the model from its hyperparameters), and so do the optimizer options when
+  ``fit`` resumes; options that only change how a model runs (``merge_for_inference``, ``compile``,
+  ``torch_dtype``) are the command line's. Each difference is said in one line, naming the option,
+  and so is a data option that differs from the checkpoint's run;
+- ``fit --ckpt_path <run>/checkpoints/last.ckpt`` continues in the same run folder;
+- a relative logger ``save_dir`` is under ``--trainer.default_root_dir`` when that is given;
+- ``--optimizer`` / ``--lr_scheduler`` are refused: the model's AdamW and schedule are its options.
+"""
 
 from __future__ import annotations
 
+import difflib
+import re
 import sys
+from pathlib import Path
 
 import torch
-from pytorch_lightning.cli import LightningCLI
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
+from lora_lightning.callbacks import ResumeSafeSaveConfig
+from lora_lightning.checkpoint import STRUCTURE_OPTIONS, check_checkpoint, normalise_hparam
 from lora_lightning.data import SST2DataModule
-from lora_lightning.errors import LoRALightningError
-from lora_lightning.checkpoint import check_checkpoint, normalise_hparam
+from lora_lightning.errors import LoRALightningError, OptionError
 from lora_lightning.model import LoRAClassifier
+
+CONFIG_DIRS = (Path(__file__).resolve().parent / "configs",)
+# Model options that shape what the optimizer state means: a resumed fit keeps the checkpoint's.
+TRAINING_OPTIONS = ("learning_rate", "weight_decay", "warmup_ratio", "lora_dropout")
+# Data options that decide which sentences a stage sees, per stage.
+DATA_OPTIONS = {
+    "fit": ("val_fraction", "seed", "max_train_samples", "max_eval_samples", "max_length", "batch_size"),
+    "validate": ("val_fraction", "seed", "max_eval_samples", "max_length"),
+    "test": ("max_eval_samples", "max_length"),
+    "predict": ("max_length",),
+}
+
+
+def resolve_config(value: str) -> str:
+    """``--config`` as given if it is a file, else the package's config of that name.
+
+    Raises:
+        OptionError: neither exists; names the configs that ship with the package.
+    """
+    if Path(value).is_file() or value.lstrip().startswith("{"):
+        return value
+    for folder in CONFIG_DIRS:
+        for candidate in (folder / value, folder / Path(value).name):
+            if candidate.is_file():
+                return str(candidate)
+    shipped = sorted(p.name for folder in CONFIG_DIRS for p in folder.glob("*.yaml"))
+    close = difflib.get_close_matches(Path(value).name, shipped, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise OptionError(f"--config {value}: file not found (configs that ship with the package: {', '.join(shipped)}){hint}")
+
+
+def resolve_config_args(args: list[str]) -> list[str]:
+    """``args`` with every ``--config X`` / ``--config=X`` resolved by ``resolve_config``."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            out[i + 1] = resolve_config(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + resolve_config(arg.split("=", 1)[1])
+    refused = [a.split("=")[0] for a in out if a.split("=")[0] in ("--optimizer", "--lr_scheduler")]
+    if refused:
+        raise OptionError(f"{refused[0]}: not an option here. The model trains with AdamW (--model.learning_rate, "
+                          "--model.weight_decay) and a linear warm-up then decay (--model.warmup_ratio)")
+    return out
+
+
+def _option_names(parser) -> list[str]:
+    """Every dotted option of ``parser`` and its subcommands (``model.r``, ``trainer.max_epochs``, ...)."""
+    names = []
+    for action in parser._actions:
+        names += [s.lstrip("-") for s in action.option_strings if s.startswith("--")]
+        for sub in (getattr(action, "choices", None) or {}).values():
+            if hasattr(sub, "_actions"):
+                names += _option_names(sub)
+    return sorted(set(names))
+
+
+class OneLineParser(LightningArgumentParser):
+    """LightningCLI's parser, whose errors are one ``OptionError`` line with a "did you mean",
+    instead of the usage text and an exit."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+        known = _option_names(self)
+        unknown = re.findall(r"--([\w.\-]+)", line) + re.findall(r'key "([\w.]+)"', line)
+        guesses = [g for word in unknown if word not in known
+                   for g in difflib.get_close_matches(word, known, n=1, cutoff=0.6)]
+        hint = f"; did you mean --{guesses[0]}?" if guesses else ""
+        raise OptionError(f"{line}{hint} (every option: python -m lora_lightning fit --help)") from ex
 
 
 class LoRACLI(LightningCLI):
-    """``LightningCLI`` with the data module's tokenizer linked to the model's ``model_name_or_path``."""
+    """``LightningCLI`` with the data module's tokenizer linked to the model's ``model_name_or_path``,
+    and the rules in this module's docstring."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.model_name_or_path", "data.model_name_or_path")
+
+    def _add_subcommands(self, parser, **kwargs) -> None:
+        """Lightning's subcommands, and ``export`` (run by ``main``, listed here for ``--help``)."""
+        super()._add_subcommands(parser, **kwargs)
+        from jsonargparse import ArgumentParser
+
+        from lora_lightning.export import export
+
+        export_parser = ArgumentParser(description="Export a checkpoint: merged transformers folder or PEFT adapter")
+        export_parser.add_function_arguments(export, as_positional=False)
+        parser._subcommands_action.add_subcommand(
+            "export", export_parser, help="Export a checkpoint as a merged transformers folder or a PEFT adapter")
 
     def parse_arguments(self, parser, args) -> None:
         """Parse, then refuse a bad ``--ckpt_path`` in one line before Lightning reads its hyperparameters."""
@@ -27,35 +128,130 @@ class LoRACLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path is not None and str(ckpt_path) not in ("best", "last", "hpc", "registry"):
             check_checkpoint(ckpt_path)
-            self._say_checkpoint_options_win(ckpt_path, self.config[subcommand])
+
+    def _parse_ckpt_path(self) -> None:
+        """Take the checkpoint's structure options (and, for ``fit``, its optimizer options) into the
+        config, saying in one line each where they differ from what was given; compare the data
+        options with the checkpoint's run."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        saved = ckpt.get("hyper_parameters", {})
+        config = self.config[subcommand]
+        names = ("model_name_or_path",) + STRUCTURE_OPTIONS + (TRAINING_OPTIONS if subcommand == "fit" else ())
+        updates = {}
+        for name in names:
+            if name not in saved:
+                continue
+            given = config["model"].get(name)
+            if given is not None and normalise_hparam(given) != normalise_hparam(saved[name]):
+                why = " (its optimizer and schedule state go on from it)" if name in TRAINING_OPTIONS else ""
+                rank_zero_warn(f"--ckpt_path: using the checkpoint's model.{name}={saved[name]!r}, "
+                               f"not model.{name}={given!r} from the config / command line{why}")
+            updates[name] = saved[name]
+        if updates:
+            self.config = self.parser.parse_object({subcommand: {"model": updates}}, self.config)
+        run_data = ckpt.get("datamodule_hyper_parameters", {})
+        run_config = Path(ckpt_path).resolve().parent.parent / "config.yaml"
+        match = f"--config {run_config}" if run_config.is_file() else "the same --data options"
+        for name in DATA_OPTIONS.get(subcommand, ()):
+            given = self.config[subcommand]["data"].get(name)
+            if name in run_data and normalise_hparam(given) != normalise_hparam(run_data[name]):
+                rank_zero_warn(f"--ckpt_path: data.{name}={given!r} here, but the checkpoint's run used "
+                               f"data.{name}={run_data[name]!r}, so this {subcommand} sees other sentences than "
+                               f"that run did (pass {match} to match it)")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        trainer = config["trainer"]
+        logger = trainer.get("logger")
+        init = logger.get("init_args") if hasattr(logger, "get") and logger.get("class_path") else None
+        if init is not None and init.get("save_dir") and trainer.get("default_root_dir"):
+            if not Path(init["save_dir"]).is_absolute():
+                init["save_dir"] = str(Path(trainer["default_root_dir"]) / init["save_dir"])
+        if self.subcommand == "fit" and config.get("ckpt_path") and init is not None and init.get("version") is None:
+            self._continue_run_folder(Path(config["ckpt_path"]), init)
+        if trainer.get("enable_progress_bar") is None and not sys.stderr.isatty():
+            trainer["enable_progress_bar"] = False  # a file gets ProgressLog's plain lines instead
 
     @staticmethod
-    def _say_checkpoint_options_win(ckpt_path: str, config) -> None:
-        """LightningCLI rebuilds the model from the checkpoint's hyperparameters (Lightning #20310):
-        say so when they differ from the config or command line, instead of overriding them silently."""
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
-        for name in ("r", "lora_alpha", "lora_dropout", "target_modules", "train_pooler", "model_name_or_path"):
-            given = config["model"].get(name) if "model" in config else None
-            if name in saved and given is not None and normalise_hparam(given) != normalise_hparam(saved[name]):
-                rank_zero_warn(f"--ckpt_path: using the checkpoint's model.{name}={saved[name]!r}, "
-                               f"not model.{name}={given!r} from the config / command line")
+    def _continue_run_folder(ckpt: Path, init) -> None:
+        """Log a resumed ``fit`` into the checkpoint's own run folder when the checkpoint is that run's
+        newest state (a run folder's ``checkpoints/last.ckpt``, or as new as it); an older one starts a
+        new version folder, so no later checkpoint is overwritten."""
+        run = ckpt.parent.parent
+        if ckpt.parent.name != "checkpoints" or not ((run / "hparams.yaml").is_file() or (run / "config.yaml").is_file()):
+            return
+        last = ckpt.parent / "last.ckpt"
+        if last.is_file() and last != ckpt:
+            step = lambda p: torch.load(p, map_location="cpu", weights_only=True).get("global_step", 0)  # noqa: E731
+            if step(last) > step(ckpt):
+                rank_zero_info(f"{ckpt.name} is older than {last}: this run logs to a new version folder")
+                return
+        init["save_dir"], init["name"], init["version"] = str(run.parent.parent), run.parent.name, run.name
+        rank_zero_info(f"Resuming the run in {run}")
+
+    def after_fit(self) -> None:
+        """Say where the run went, and the commands that come next."""
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        lines = [f"Run folder: {trainer.log_dir}"]
+        ckpt = trainer.checkpoint_callback
+        if ckpt is not None:
+            if ckpt.best_model_path:
+                score = f" ({ckpt.monitor} {float(ckpt.best_model_score):.4f})" if ckpt.best_model_score is not None else ""
+                lines.append(f"Best checkpoint{score}: {ckpt.best_model_path}")
+            else:
+                lines.append(f"Best checkpoint: none ({ckpt.monitor} was never computed: no validation ran)")
+            if ckpt.last_model_path:
+                lines.append(f"Last checkpoint (step {trainer.global_step}): {ckpt.last_model_path}")
+            best = ckpt.best_model_path or ckpt.last_model_path
+            if best:
+                configs = sorted(Path(trainer.log_dir).glob("config*.yaml"), key=lambda p: p.stat().st_mtime)
+                run_config = f"--config {configs[-1]} " if configs else ""
+                lines += ["Next:",
+                          f"  tensorboard --logdir {Path(trainer.log_dir).parent.parent}",
+                          f"  python -m lora_lightning validate {run_config}--ckpt_path {best}",
+                          f"  python -m lora_lightning test {run_config}--ckpt_path {best}"]
+        print("\n".join(lines), flush=True)
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> LoRACLI:
-    """Build and run the CLI. ``args`` as on the command line (``None``: ``sys.argv``)."""
+    """Build and run the CLI. ``args`` as on the command line (``None``: ``sys.argv``).
+
+    Raises:
+        LoRALightningError: bad options, data or checkpoints (``main`` prints it as one line).
+    """
+    if args is not None:
+        args = resolve_config_args(args)
+    else:
+        sys.argv[1:] = resolve_config_args(sys.argv[1:])
     return LoRACLI(
         LoRAClassifier,
         SST2DataModule,
         seed_everything_default=42,
+        parser_class=OneLineParser,
+        parser_kwargs={"prog": "python -m lora_lightning"},
+        save_config_callback=ResumeSafeSaveConfig,
+        auto_configure_optimizers=False,
         args=args,
         run=run,
     )
 
 
 def main(args: list[str] | None = None) -> int:
-    """``cli_main`` for the shell: a ``LoRALightningError`` prints as one line, exit status 2."""
+    """``cli_main`` (or ``export``) for the shell: a ``LoRALightningError`` prints as one line, exit status 2."""
+    argv = sys.argv[1:] if args is None else args
     try:
-        cli_main(args)
+        if argv[:1] == ["export"]:
+            from lora_lightning.export import export_main
+
+            export_main(argv[1:])
+        else:
+            cli_main(args)
     except LoRALightningError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

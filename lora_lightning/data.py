@@ -1,4 +1,10 @@
-"""SST-2 as a ``LightningDataModule``: load with ``datasets``, split, tokenise, batch.
+"""SST-2 as a ``LightningDataModule``: read, split, tokenise, batch.
+
+A GLUE-format folder is parsed by one parser (``check_tsv``): the rows it validates are the rows
+``read_split`` turns into an in-memory ``datasets.Dataset``. Files are read from their bytes on every
+``setup``; nothing is cached on disk under a path or a modification time, so a file replaced in place
+(``cp -p``, ``rsync -a``, an archive) is read as it is now. Without a folder the splits come from the
+Hub (``datasets.load_dataset``, cached by dataset revision).
 
 Splits (GLUE, Wang et al. 2018; SST-2, Socher et al. 2013):
 
@@ -10,7 +16,6 @@ Splits (GLUE, Wang et al. 2018; SST-2, Socher et al. 2013):
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
@@ -19,14 +24,23 @@ import torch
 from datasets import Dataset, DatasetDict, Features, Value, load_dataset
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
-from transformers import DataCollatorWithPadding
+from transformers import AutoConfig, DataCollatorWithPadding, PretrainedConfig
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from lora_lightning.errors import DataFileError, OptionError
-from lora_lightning.hub import load_tokenizer
+from lora_lightning.hub import hub_error, load_tokenizer, resolve_model_path
+from lora_lightning.loaders import ResumableDataLoader, ShardedOrderSampler
 
 HUB_DATASET = ("nyu-mll/glue", "sst2")
 FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
+# Model types whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids):
+# their max_position_embeddings rows hold max_position_embeddings - padding_idx - 1 tokens. The padding
+# index is config.pad_token_id, except MPNet's, fixed at 1.
+POSITIONS_AFTER_PADDING = frozenset({
+    "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "data2vec-text",
+    "longformer", "ibert", "mpnet", "xmod", "luke", "markuplm",
+})
+UNSET_TOKENIZER_LIMIT = 10**6  # a tokenizer saved without model_max_length reports ~1e30
 
 
 class EpochLengthGroupedSampler(LengthGroupedSampler):
@@ -43,6 +57,7 @@ class EpochLengthGroupedSampler(LengthGroupedSampler):
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.generator.manual_seed(self.seed + epoch)
 
 
@@ -71,6 +86,10 @@ def split_lines(path: Path, data: bytes) -> list[str]:
     """UTF-8 (BOM allowed) ``data`` as lines without their LF or CRLF ends; the final newline ends
     the last line rather than starting an empty one.
 
+    Only LF ends a line (a CR right before it is dropped with it). Any other character, a bare CR,
+    vertical tab, form feed, U+0085, U+2028 included, is text and stays in its line as is (the
+    tokenizer reads it as a space).
+
     Raises:
         DataFileError: invalid UTF-8, naming ``path`` and the line.
     """
@@ -85,13 +104,20 @@ def split_lines(path: Path, data: bytes) -> list[str]:
     return lines
 
 
-def check_tsv(path: Path, labeled: bool) -> list[str]:
-    """Validate a GLUE-format TSV before ``datasets`` reads it; return its column names.
+def check_tsv(path: Path, labeled: bool) -> tuple[list[str], list[list[str]]]:
+    """Parse and validate a GLUE-format TSV: the one parser of the data files.
+
+    ``read_split`` builds its ``Dataset`` from the rows returned here, so what is validated is
+    exactly what is read. Lines are ``split_lines``' (LF or CRLF ends a row; a bare CR is text);
+    fields are split at every tab, with no quoting (a ``"`` is text) and no missing-value parsing.
 
     Checks, each with one error naming the file (and line): the file exists, is not empty, is
     UTF-8 (a BOM and CRLF line ends are accepted), has a header with ``sentence`` (and ``label``
-    when ``labeled``) and at least one row, every row has as many tab-separated fields as the header, and every label
-    is 0 or 1.
+    when ``labeled``) and at least one row, every row has as many tab-separated fields as the
+    header, and every label is 0 or 1 (spaces around it allowed).
+
+    Returns:
+        ``(header, rows)``: the column names, and each row's fields (str), in file order.
 
     Raises:
         DataFileError: the first problem found.
@@ -112,45 +138,40 @@ def check_tsv(path: Path, labeled: bool) -> list[str]:
     if len(lines) == 1:
         raise DataFileError(f"{path}: has a header but no rows")
     label_col = header.index("label") if labeled else None
+    rows = []
     for number, line in enumerate(lines[1:], start=2):
         fields = line.split("\t")
         if len(fields) != len(header):
             raise DataFileError(f"{path}, line {number}: {len(fields)} tab-separated fields, expected {len(header)} {header}")
         if label_col is not None and fields[label_col].strip() not in ("0", "1"):
             raise DataFileError(f"{path}, line {number}: label {fields[label_col]!r} is not 0 or 1")
-    return header
+        rows.append(fields)
+    return header, rows
 
 
 def read_split(path: Path, labeled: bool) -> Dataset:
-    """Read one GLUE-format TSV with ``datasets``' csv builder after ``check_tsv``.
+    """Read one GLUE-format TSV: the rows ``check_tsv`` parsed and validated, as an in-memory ``Dataset``.
 
-    Tab-separated, quoting off (a ``"`` is text), every field read as a string (no NA parsing:
-    ``null``/``nan``/``NA``/``true`` stay text), UTF-8 with or without BOM, LF or CRLF.
+    Tab-separated, quoting off (a ``"`` is text), every field kept as a string (no NA parsing:
+    ``null``/``nan``/``NA``/``true`` stay text), UTF-8 with or without BOM, LF or CRLF line ends.
+    A bare CR (or any other character but LF and tab) inside a sentence is kept in it as is. Rows
+    keep the file's order. The file is read from its bytes on every call: no cache.
 
     Returns:
-        a ``Dataset`` with ``sentence`` (str) and, when ``labeled``, ``label`` (int 0/1); an
-        unlabeled file keeps its ``index`` column if it has one.
+        a ``Dataset`` with ``sentence`` (string) and, when ``labeled``, ``label`` (int64, 0/1); an
+        unlabeled file keeps its ``index`` column (string) if it has one.
 
     Raises:
         DataFileError: see ``check_tsv``.
     """
-    header = check_tsv(path, labeled)
-    ds = load_dataset(
-        "csv",
-        data_files=str(path),
-        split="train",
-        delimiter="\t",
-        quoting=csv.QUOTE_NONE,
-        keep_default_na=False,
-        na_filter=False,
-        encoding="utf-8-sig",
-        features=Features({name: Value("string") for name in header}),
-    )
-    if labeled:
-        ds = ds.map(lambda b: {"label": [int(v) for v in b["label"]]}, batched=True,
-                    features=Features({**ds.features, "label": Value("int64")}))
+    header, rows = check_tsv(path, labeled)
     keep = ["sentence", "label"] if labeled else ["sentence"] + (["index"] if "index" in header else [])
-    return ds.select_columns(keep)
+    fields = list(zip(*rows))  # column i -> its fields, in row order
+    columns = {name: list(fields[header.index(name)]) for name in keep}  # first of a repeated name, as check_tsv
+    if labeled:
+        columns["label"] = [int(v.strip()) for v in columns["label"]]
+    features = Features({name: Value("int64" if name == "label" else "string") for name in keep})
+    return Dataset.from_dict(columns, features=features)
 
 
 def read_lines(path: Path) -> Dataset:
@@ -162,6 +183,35 @@ def read_lines(path: Path) -> Dataset:
     if not path.is_file():
         raise DataFileError(f"data.predict_file: {path}: file not found")
     return Dataset.from_dict({"sentence": split_lines(path, path.read_bytes())})
+
+
+def model_token_limit(config: PretrainedConfig, tokenizer=None) -> int | None:
+    """The most tokens per sentence (``[CLS]`` and ``[SEP]`` included) the model can take.
+
+    The smaller of: the rows of the model's position table (``max_position_embeddings``, or
+    ``n_positions``), less ``padding_idx + 1`` for the RoBERTa-like ``POSITIONS_AFTER_PADDING`` model
+    types whose position ids start after the padding index (RoBERTa-base: 514 rows, 512 tokens); and
+    the tokenizer's ``model_max_length`` when it is set (a tokenizer saved without it reports ~1e30,
+    which is ignored).
+
+    Args:
+        config: the model's config (``AutoConfig.from_pretrained``).
+        tokenizer: the model's tokenizer, or ``None`` for the config's limit alone.
+
+    Returns:
+        tokens, or ``None`` when neither the config nor the tokenizer gives a limit.
+    """
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if isinstance(positions, int):
+        if config.model_type in POSITIONS_AFTER_PADDING:
+            padding_idx = 1 if config.model_type == "mpnet" else config.pad_token_id
+            positions -= (padding_idx or 0) + 1
+        limits.append(positions)
+    tokenizer_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_max, int) and tokenizer_max < UNSET_TOKENIZER_LIMIT:
+        limits.append(tokenizer_max)
+    return min(limits, default=None)
 
 
 class SST2DataModule(pl.LightningDataModule):
@@ -182,16 +232,21 @@ class SST2DataModule(pl.LightningDataModule):
         group_by_length: batch training sentences of similar length (less padding).
         sort_eval_by_length: run val/test/predict batches sorted by length (predictions are
             written back in input order).
-        max_train_samples: use only the first N sentences of the train split (for quick runs).
-        max_eval_samples: use only the first N sentences of the val and test splits.
+        max_train_samples: use only the first N sentences of the train split (for quick runs), N >= 1.
+        max_eval_samples: use only the first N sentences of the val and test splits, N >= 1.
         predict_file: a UTF-8 text file of one sentence per line to ``predict`` on instead of
             GLUE's ``test.tsv``; every line (empty ones too) gets a prediction, in order.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes (0: in the main process).
+
+    Every option is checked before the first training step, so none fails deep inside a run:
+    the ones that need no model or data when the module is built, the rest in ``setup``.
 
     Raises:
-        OptionError: ``val_fraction`` outside (0, 1), ``max_length`` < 2 or above the model's
-            limit, ``batch_size`` < 1.
-        DataFileError: see ``read_split``.
+        OptionError: when built: ``val_fraction`` outside (0, 1), ``max_length`` < 2,
+            ``batch_size`` or ``eval_batch_size`` < 1, ``max_train_samples`` or
+            ``max_eval_samples`` < 1, ``num_workers`` < 0, ``seed`` outside [0, 2**32 - 1].
+            In ``setup``: see there.
+        DataFileError: in ``setup``, see ``read_split``.
     """
 
     def __init__(
@@ -217,6 +272,13 @@ class SST2DataModule(pl.LightningDataModule):
             raise OptionError(f"data.max_length must be >= 2 tokens, got {max_length}")
         if batch_size < 1 or eval_batch_size < 1:
             raise OptionError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}")
+        for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
+            if value is not None and value < 1:  # 0 would leave an empty loader: no val_acc for the checkpoint
+                raise OptionError(f"data.{name} must be >= 1 (or null for all), got {value}")
+        if num_workers < 0:
+            raise OptionError(f"data.num_workers must be >= 0, got {num_workers}")
+        if not 0 <= seed < 2**32:  # numpy's split refuses negative seeds; Lightning's seeds are uint32 too
+            raise OptionError(f"data.seed must be in [0, 2**32 - 1], got {seed}")
         self.save_hyperparameters()
         self.tokenizer = None
         self.datasets: dict[str, Dataset] = {}
@@ -250,16 +312,30 @@ class SST2DataModule(pl.LightningDataModule):
         load_tokenizer(self.hparams.model_name_or_path)
 
     def setup(self, stage: str | None = None) -> None:
-        """Load, split and tokenise; assigns ``self.datasets[name]`` for ``train``/``val``/``test``/``predict``."""
+        """Load, split and tokenise; assigns ``self.datasets[name]`` for ``train``/``val``/``test``/``predict``.
+
+        Lightning calls it before the first step of any stage, so the options that need the model
+        or the data are refused here, at start.
+
+        Raises:
+            OptionError: ``max_length`` above ``model_token_limit``; a tokenizer with more tokens
+                than the model's embedding table has rows; ``val_fraction`` leaving no train rows.
+            DataFileError: see ``read_split`` and ``read_lines``.
+            ModelNotFoundError: the model's tokenizer or config cannot be loaded.
+        """
         if self.datasets:
             return
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.model_name_or_path)
-        model_max = getattr(self.tokenizer, "model_max_length", None)
-        if model_max is not None and model_max < 10**6 and hp.max_length > model_max:
-            raise OptionError(f"data.max_length={hp.max_length} exceeds the model's limit of {model_max} tokens")
+        self._check_model_fits()
         raw = self.load_raw()
-        split = raw["train"].train_test_split(test_size=hp.val_fraction, seed=hp.seed)
+        try:
+            split = raw["train"].train_test_split(test_size=hp.val_fraction, seed=hp.seed)
+        except ValueError:  # datasets: "the resulting train set will be empty"
+            path = find_data_dir(hp.data_dir)
+            source = path / FILES["train"] if path is not None else f"the Hub's {HUB_DATASET[0]} train split"
+            raise OptionError(f"data.val_fraction={hp.val_fraction} leaves no train rows of the "
+                              f"{len(raw['train'])} in {source}") from None
         parts = {"train": split["train"], "val": split["test"], "test": raw["validation"]}
         if hp.predict_file is not None:
             parts["predict"] = read_lines(Path(hp.predict_file))
@@ -274,6 +350,30 @@ class SST2DataModule(pl.LightningDataModule):
             for k in ("val", "test"):
                 parts[k] = parts[k].select(range(min(hp.max_eval_samples, len(parts[k]))))
         self.datasets = {k: self._tokenize(ds) for k, ds in parts.items()}
+
+    def _check_model_fits(self) -> None:
+        """Refuse, before any data is read, options the model's config says it cannot run.
+
+        ``max_length`` against ``model_token_limit`` (the position table, not only the tokenizer),
+        and the tokenizer's size against the embedding table: either would fail only when a long
+        sentence or a rare token reaches the model, mid-run.
+
+        Raises:
+            OptionError: as ``setup`` says.
+            ModelNotFoundError: the config cannot be loaded.
+        """
+        name, tokenizer = self.hparams.model_name_or_path, self.tokenizer
+        try:
+            config = AutoConfig.from_pretrained(resolve_model_path(name))
+        except OSError as error:
+            raise hub_error(name, error) from None
+        limit = model_token_limit(config, tokenizer)
+        if limit is not None and self.hparams.max_length > limit:
+            raise OptionError(f"data.max_length={self.hparams.max_length} exceeds the model's limit of {limit} tokens")
+        vocab_size = getattr(config, "vocab_size", None)
+        if isinstance(vocab_size, int) and len(tokenizer) > vocab_size:
+            raise OptionError(f"model.model_name_or_path={name!r}: its tokenizer has {len(tokenizer)} tokens but the "
+                              f"model's embedding table has {vocab_size} rows (a tokenizer from another model?)")
 
     def _warn_truncation(self, ds: Dataset) -> None:
         lengths = [len(ids) for ids in self.tokenizer(list(ds["sentence"]))["input_ids"]]
@@ -300,19 +400,43 @@ class SST2DataModule(pl.LightningDataModule):
         model_inputs = ("input_ids", "token_type_ids", "attention_mask", "labels", "length")
         return ds.remove_columns([c for c in ds.column_names if c not in model_inputs])
 
+    def _world(self) -> tuple[int, int]:
+        """``(world_size, global_rank)`` of the attached trainer; ``(1, 0)`` without one."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _train_batches_done(self) -> int:
+        """Batches of the current training epoch that the optimizer has stepped on (0 at an epoch's
+        end): the training loader's state. Counted from ``global_step``, which is exact even when a
+        Ctrl-C lands between an optimizer step and Lightning's batch bookkeeping."""
+        trainer = self.trainer
+        n, accumulate = trainer.num_training_batches, trainer.accumulate_grad_batches
+        if not isinstance(n, int) or n <= 0:
+            return 0
+        steps_per_epoch = -(-n // accumulate)
+        steps_into_epoch = trainer.global_step - trainer.current_epoch * steps_per_epoch
+        return min(max(steps_into_epoch * accumulate, 0), n) % n
+
     def _loader(self, name: str, train: bool = False) -> DataLoader:
         ds = self.datasets[name]
         hp = self.hparams
         collate = DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
         features = ds.remove_columns("length")
+        world_size, rank = self._world()
         if not train:
             # Longest first, similar lengths together: less padding. Metrics don't depend on order;
             # SST2PredictionWriter puts predictions back in input order from Lightning's batch indices.
             order = sorted(range(len(ds)), key=ds["length"].__getitem__, reverse=True) if hp.sort_eval_by_length else None
+            if world_size > 1:  # every sentence scored once across processes, none repeated
+                order = ShardedOrderSampler(order if order is not None else range(len(ds)), world_size, rank)
             return DataLoader(features, batch_size=hp.eval_batch_size, sampler=order, collate_fn=collate,
                               num_workers=hp.num_workers)
         if hp.group_by_length:
             sampler = EpochLengthGroupedSampler(hp.batch_size, list(ds["length"]), hp.seed)
+            if world_size == 1 and getattr(self, "trainer", None) is not None:
+                # resumable mid-epoch (Ctrl-C, val_check_interval); under DDP Lightning re-shards the sampler
+                return ResumableDataLoader(features, sampler, hp.batch_size, self._train_batches_done,
+                                           collate_fn=collate, num_workers=hp.num_workers)
             return DataLoader(features, batch_size=hp.batch_size, sampler=sampler, collate_fn=collate, num_workers=hp.num_workers)
         return DataLoader(features, batch_size=hp.batch_size, shuffle=True, collate_fn=collate, num_workers=hp.num_workers)
 

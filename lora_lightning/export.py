@@ -5,10 +5,13 @@
 - ``merged``: LoRA folded into the weights (``W0 + lora_alpha / r * B A``), saved as a plain Hugging
   Face folder (``config.json`` with ``id2label``, ``model.safetensors``, tokenizer files) that
   ``AutoModelForSequenceClassification`` and ``pipeline("text-classification")`` load as is.
-- ``adapter``: the PEFT LoRA format (``adapter_config.json`` + ``adapter_model.safetensors``, the
-  trained head under its plain name as PEFT saves ``modules_to_save``), which
+- ``adapter``: the PEFT LoRA format (``adapter_config.json`` + ``adapter_model.safetensors``; every
+  module trained in full, e.g. DistilBERT's ``pre_classifier`` and ``classifier``, listed in
+  ``modules_to_save`` and its tensors under their plain names, as PEFT saves them), which
   ``peft.PeftModel.from_pretrained(base, DIR)`` loads. Written with ``json`` and ``safetensors``;
   this package never imports ``peft``.
+
+Files and folder get the usual permissions (``0o666``/``0o777`` less the umask), not private ones.
 """
 
 from __future__ import annotations
@@ -46,7 +49,11 @@ def peft_adapter(model: nn.Module, hparams: dict, modules_to_save: list[str]) ->
     """``(adapter_config, tensors)`` in PEFT's LoRA format for a LoRA-injected HF model.
 
     Keys are ``base_model.model.<name>.lora_A.weight`` ``(r, in)`` / ``.lora_B.weight`` ``(out, r)``,
-    and ``base_model.model.<name>`` for every other trainable parameter (the ``modules_to_save``).
+    and ``base_model.model.<name>`` for every other trainable parameter: those of the modules trained
+    in full, listed in ``modules_to_save``. PEFT keeps such a module's trained copy under
+    ``<module>.modules_to_save.default.`` and drops that infix when it saves (and restores it when it
+    loads), so the plain parameter name is what it reads; it wraps every name listed whole (RoBERTa's
+    ``classifier`` with its ``dense`` and ``out_proj``) and needs every tensor of it in the file.
     """
     tensors = {}
     for name, module in model.named_modules():
@@ -125,7 +132,10 @@ def export(
             tokenizer.save_pretrained(tmp)
         else:
             raise OptionError(f"--format must be 'merged' or 'adapter', got {format!r}")
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the export is a normal folder
+        mask = _umask()  # mkdtemp makes the folder private and safetensors writes 0600: the export is a normal folder
+        for path in tmp.rglob("*"):
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+        tmp.chmod(0o777 & ~mask)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 import os
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
 import pytorch_lightning as pl
+from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryF1Score
-from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+from transformers import AutoModelForSequenceClassification
+from transformers.utils import logging as hf_logging
 
 from lora_lightning.checkpoint import check_options, fill_frozen, keep_trainable
 from lora_lightning.errors import CheckpointError, OptionError, TrainingDivergedError
@@ -21,30 +26,134 @@ from lora_lightning.lora import count_parameters, inject_lora, mark_only_lora_as
 ID2LABEL = {0: "negative", 1: "positive"}
 
 
+def register_hparams_metric(logger: TensorBoardLogger, params: dict, metric: str) -> None:
+    """Write TensorBoard's hparams summary naming ``metric`` as the run's metric, without logging a
+    placeholder value for it (``log_hyperparams(params, {metric: 0})`` would put a 0.0 at step 0 on
+    the metric's curve); the metric's real values are logged by ``self.log`` as training goes."""
+    from lightning_fabric.utilities.logger import _convert_params, _flatten_dict
+    from torch.utils.tensorboard.summary import hparams
+
+    flat = logger._sanitize_params(_flatten_dict(_convert_params(params)))
+    writer = logger.experiment._get_file_writer()
+    for summary in hparams(flat, {metric: 0}):
+        writer.add_summary(summary)
+
+
 HALF_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_backbone(model_name_or_path: str, torch_dtype: str | None = None) -> nn.Module:
-    """``AutoModelForSequenceClassification`` with 2 labels (``negative``/``positive``).
+# The task-head names PEFT's SEQ_CLS always trains and saves in full: we train them in full too.
+HEAD_NAMES = ("classifier", "score")
+
+
+def load_backbone(model_name_or_path: str, torch_dtype: str | None = None) -> tuple[nn.Module, list[str]]:
+    """``AutoModelForSequenceClassification`` with 2 labels (``negative``/``positive``), and what in it is new.
 
     ``torch_dtype`` (``"bfloat16"``/``"float16"``/``None`` for float32) is the dtype of the loaded
     weights; LoRA and the other trained tensors are float32 regardless.
 
-    The classifier head is new (randomly initialised from the global seed); everything else
-    comes from ``model_name_or_path``. Remote code is never run.
+    Every tensor that ``model_name_or_path`` does not hold is newly initialised (randomly, from the
+    global seed): the head of a bare encoder (BERT's ``classifier``, DistilBERT's ``pre_classifier``
+    and ``classifier``, RoBERTa's whole ``classifier`` module), and a head of another width that the
+    folder holds (e.g. an NLI model's 3-label head), which is replaced by a new 2-label one, said in
+    one log line. transformers' load report (it reads like a failure, and comes again on every
+    checkpoint load) is silenced around the call. Remote code is never run.
+
+    Returns:
+        ``(model, new_modules)``: the model, and the qualified names of the outermost modules that
+        hold its newly initialised tensors, in module order (``["pre_classifier", "classifier"]``
+        for a DistilBERT encoder).
 
     Raises:
         ModelNotFoundError: the model cannot be found locally, in a package, or on the Hub (one line
             that says how to point at a local folder).
     """
     path = resolve_model_path(model_name_or_path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
+        model, info = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()},
             trust_remote_code=False, dtype=HALF_DTYPES.get(torch_dtype, torch.float32),
+            ignore_mismatched_sizes=True, output_loading_info=True,
         )
     except OSError as error:
         raise hub_error(model_name_or_path, error) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    order = list(model.state_dict())
+    mismatched = sorted(info["mismatched_keys"], key=lambda m: order.index(m[0]))
+    if mismatched:
+        old = ", ".join(f"{key} {tuple(saved)}" for key, saved, _ in mismatched)
+        new = ", ".join(f"{key} {tuple(shape)}" for key, _, shape in mismatched)
+        rank_zero_info(f"{model_name_or_path} holds a head of another width: the old head ({old}) was replaced "
+                       f"by a new 2-label one ({new})")
+    return model, new_modules(model, set(info["missing_keys"]) | {key for key, _, _ in mismatched})
+
+
+def new_modules(model: nn.Module, keys: Iterable[str]) -> list[str]:
+    """The outermost modules that hold the parameters named in ``keys``, in module order.
+
+    A module is named whole when every parameter under it is in ``keys`` (RoBERTa's ``classifier``,
+    not its ``dense`` and ``out_proj``); a module that holds one of them beside loaded ones is named
+    itself. Keys that are not parameters (buffers) are left out.
+    """
+    keys = set(keys) & {name for name, _ in model.named_parameters()}
+    chosen: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(c + ".") for c in chosen):
+            continue
+        under = {f"{name}.{n}" for n, _ in module.named_parameters()}
+        own = {f"{name}.{n}" for n, _ in module.named_parameters(recurse=False)}
+        if under & keys and (under <= keys or own & keys):
+            chosen.append(name)
+    return chosen
+
+
+def check_lora_outside(lora_modules: list[str], full_modules: list[str], target_modules: list[str]) -> None:
+    """Refuse LoRA on a layer inside (or equal to) a module that trains in full.
+
+    PEFT never adapts a layer inside its ``modules_to_save`` (it skips it), and the merged export
+    would fold the update into a weight that trains anyway: the adapter and the merged export could
+    not both give our logits, and the LoRA there would add nothing.
+
+    Args:
+        lora_modules: qualified names of the layers that got LoRA (``inject_lora``'s result).
+        full_modules: qualified names of the modules trained in full.
+        target_modules: ``model.target_modules``, to name the one that reached inside.
+
+    Raises:
+        OptionError: one line naming ``model.target_modules``, the target, the layer and the module,
+            with narrower targets (longer name suffixes) that leave the module out.
+    """
+    def owner(name: str) -> str | None:
+        return next((m for m in full_modules if name == m or name.startswith(m + ".")), None)
+
+    def target_of(name: str) -> str:
+        return next(t for t in target_modules if name == t or name.endswith("." + t))
+
+    blocked = [name for name in lora_modules if owner(name)]
+    if not blocked:
+        return
+    narrower: list[str] = []
+    for name in lora_modules:
+        if owner(name):
+            continue
+        parts = name.split(".")
+        for k in range(len(target_of(name).split(".")), len(parts) + 1):  # never wider than its target
+            suffix = ".".join(parts[-k:])
+            if not any(b == suffix or b.endswith("." + suffix) for b in blocked):
+                break
+        if suffix not in narrower:
+            narrower.append(suffix)
+    layer = blocked[0]
+    where = f"{layer!r}, inside {owner(layer)!r}," if layer != owner(layer) else f"{layer!r},"
+    hint = f"name the layers outside it, e.g. {narrower}" if narrower else f"drop {target_of(layer)!r}"
+    raise OptionError(
+        f"model.target_modules={list(target_modules)}: {target_of(layer)!r} matches {where} which trains in full; "
+        f"LoRA inside a module trained in full is refused (PEFT skips such layers, so its adapter and the "
+        f"merged export would differ): {hint}"
+    )
 
 
 class LoRAClassifier(pl.LightningModule):
@@ -52,7 +161,15 @@ class LoRAClassifier(pl.LightningModule):
     arXiv:2106.09685) in its attention, plus a trained classification head.
 
     Batches are dicts from ``SST2DataModule``: ``input_ids``/``attention_mask``/``token_type_ids``
-    of shape ``(B, T)`` and ``labels`` of shape ``(B,)``; logits are ``(B, 2)``.
+    of shape ``(B, T)`` and ``labels`` of shape ``(B,)``; logits are ``(B, 2)``. ``token_type_ids``
+    are dropped for a model that takes none (DistilBERT).
+
+    Trained in full (``modules_to_save``, the adapter export's too): every module that
+    ``model_name_or_path`` does not hold (the new head: BERT's ``classifier``, DistilBERT's
+    ``pre_classifier`` and ``classifier``, RoBERTa's ``classifier`` module), the task head
+    (``classifier``/``score``) even when the folder holds a 2-label one, and the pooler with
+    ``train_pooler``; one log line names them. A folder whose head has another width (an NLI
+    model's 3 labels) gets a new 2-label head.
 
     Args:
         model_name_or_path: Hub id or local folder of a BERT-like encoder.
@@ -60,7 +177,8 @@ class LoRAClassifier(pl.LightningModule):
         lora_alpha: LoRA scaling numerator; the update is scaled by ``lora_alpha / r``.
         lora_dropout: dropout probability on the LoRA branch input.
         target_modules: names or suffixes of the ``nn.Linear`` layers that get LoRA.
-        train_pooler: also train BERT's pooler (frozen by default).
+        train_pooler: also train BERT's pooler in full (frozen by default; refused for a model
+            whose head uses no pooler, such as DistilBERT or RoBERTa).
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay (decoupled).
         warmup_ratio: share of the optimizer steps spent warming up linearly from 0,
@@ -82,8 +200,10 @@ class LoRAClassifier(pl.LightningModule):
     ``model_name_or_path`` on load, and a checkpoint that does not fit is refused by name.
 
     Raises:
-        OptionError: bad LoRA options or targets (see ``inject_lora``), ``warmup_ratio``
-            outside [0, 1), ``learning_rate <= 0``, ``finetune`` not ``lora``/``full``.
+        OptionError: bad LoRA options or targets (see ``inject_lora``), a target inside a module
+            trained in full (see ``check_lora_outside``), ``train_pooler`` for a model without a
+            pooler, ``warmup_ratio`` outside [0, 1), ``learning_rate <= 0``, ``finetune`` not
+            ``lora``/``full``.
         ModelNotFoundError: the model cannot be loaded (see ``load_backbone``).
     """
 
@@ -109,11 +229,24 @@ class LoRAClassifier(pl.LightningModule):
         if not 0 <= warmup_ratio < 1:
             raise OptionError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
         self.save_hyperparameters()
-        self.model = load_backbone(model_name_or_path, torch_dtype)
+        self.model, new = load_backbone(model_name_or_path, torch_dtype)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
         if finetune not in ("lora", "full"):
             raise OptionError(f"model.finetune must be 'lora' or 'full', got {finetune!r}")
-        self.modules_to_save = ["classifier"] + (["pooler"] if train_pooler else [])
+        names = [name for name, _ in self.model.named_modules()]
+        poolers = [n for n in names if n.rsplit(".", 1)[-1] == "pooler"]
+        if train_pooler and not poolers:
+            raise OptionError(f"model.train_pooler=true, but {type(self.model).__name__} has no pooler (its head "
+                              "does not use one): leave it false")
+        # Trained in full (C15): every new tensor, the task head (as PEFT does), the pooler if asked; outermost only.
+        full = set(new) | {n for n in names if n.rsplit(".", 1)[-1] in HEAD_NAMES} | set(poolers if train_pooler else [])
+        self.modules_to_save = [n for n in names if n in full and not any(n.startswith(m + ".") for m in full)]
+        fresh = [m for m in self.modules_to_save if m in new]
+        kept = [m for m in self.modules_to_save if m not in new]
+        said = [f"new head modules trained in full: {', '.join(fresh)}"] if fresh else []
+        said += [f"trained in full from {model_name_or_path}: {', '.join(kept)}"] if kept else []
+        if said:
+            rank_zero_info("; ".join(said))
         if finetune == "full":
             self.lora_modules = []
             self.model.requires_grad_(True)
@@ -123,20 +256,30 @@ class LoRAClassifier(pl.LightningModule):
                 self.lora_modules = inject_lora(self.model, list(target_modules), r, lora_alpha, lora_dropout)
             except ValueError as error:
                 raise OptionError(f"model: {error}") from None
+            check_lora_outside(self.lora_modules, self.modules_to_save, list(target_modules))
             trainable = mark_only_lora_as_trainable(self.model, self.modules_to_save)
         for p in trainable:
             param = self.model.get_parameter(p)
             param.data = param.data.float()  # fp32 master weights for what trains (C11)
         # Checkpoints hold the trainable tensors only; on_load_checkpoint checks them, then fills in the frozen base.
+        signature = inspect.signature(self.model.forward).parameters.values()
+        self.forward_inputs = {p.name for p in signature if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
         self.loss_fn = nn.CrossEntropyLoss()
         metrics = MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score()})
         self.val_metrics = metrics.clone(prefix="val_")
         self.test_metrics = metrics.clone(prefix="test_")
+        # mean loss over samples, synchronised across processes like the other metrics
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Token ids ``(B, T)`` -> logits ``(B, 2)``."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+        """Token ids ``(B, T)`` -> logits ``(B, 2)``.
+
+        Only the inputs given (not ``None``) and named in the model's ``forward`` reach it: DistilBERT
+        takes no ``token_type_ids``, which BERT tokenizers yield.
+        """
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return self.model(**{k: v for k, v in inputs.items() if v is not None and k in self.forward_inputs}).logits
 
     def _shared_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(loss, preds (B,), labels (B,))``."""
@@ -168,7 +311,9 @@ class LoRAClassifier(pl.LightningModule):
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str, metrics: MetricCollection) -> None:
         loss, preds, labels = self._shared_step(batch)
         metrics.update(preds, labels)
-        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=labels.numel(), sync_dist=True)
+        mean_loss = getattr(self, f"{stage}_loss")
+        mean_loss.update(loss.detach(), weight=labels.numel())
+        self.log(f"{stage}_loss", mean_loss, prog_bar=True, batch_size=labels.numel())
         self.log_dict(metrics, prog_bar=True, batch_size=labels.numel())
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -176,9 +321,12 @@ class LoRAClassifier(pl.LightningModule):
         return self(**{k: v for k, v in batch.items() if k != "labels"}).softmax(-1)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        """Reseed torch from ``(seed, global_step)`` (seed from ``seed_everything``): dropout masks depend
-        only on the step, so a resumed run matches an uninterrupted one exactly."""
-        torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)) * 1_000_003 + self.global_step)
+        """Reseed torch from ``(seed, optimizer step, micro-batch)`` (seed from ``seed_everything``):
+        dropout masks depend only on where the batch is in the run, so a resumed run matches an
+        uninterrupted one exactly, and the micro-batches of one accumulated step get different masks."""
+        accumulate = self.trainer.accumulate_grad_batches
+        position = self.global_step * accumulate + batch_idx % accumulate  # = global_step without accumulation
+        torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)) * 1_000_003 + position)
 
     def on_fit_start(self) -> None:
         """Log trainable / total parameter counts, and register ``hp/val_acc`` as the hyperparameter
@@ -191,9 +339,10 @@ class LoRAClassifier(pl.LightningModule):
             f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
         )
         if self.logger is not None:
-            self.logger.log_hyperparams(
-                {**self.hparams, "trainable_params": trainable, "total_params": total}, {"hp/val_acc": 0.0}
-            )
+            params = {**self.hparams, "trainable_params": trainable, "total_params": total}
+            self.logger.log_hyperparams(params)
+            if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
+                register_hparams_metric(self.logger, params, "hp/val_acc")
 
     def on_validation_epoch_end(self) -> None:
         """Copy the epoch's val accuracy to ``hp/val_acc`` (the hparams tab's metric) during fit."""
@@ -262,9 +411,48 @@ class LoRAClassifier(pl.LightningModule):
     on_test_end = on_predict_end = on_validation_end = _unmerge
 
     def configure_optimizers(self):
-        """AdamW over the trainable parameters only; linear warm-up then linear decay, per step."""
+        """AdamW over the trainable parameters only; linear warm-up then linear decay to 0, per step
+        (transformers' ``get_linear_schedule_with_warmup`` formula).
+
+        The schedule's length, ``trainer.estimated_stepping_batches`` (max_epochs / max_steps,
+        accumulation, limit_train_batches, devices), is read in ``on_train_start``: reading it here
+        would load the training data before a resumed run restores its loader's state.
+        """
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        self._schedule = None  # (warmup_steps, total_steps), set in on_train_start
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        # "name": the learning-rate curve's TensorBoard tag is `lr` (LearningRateMonitor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+    def _lr_factor(self, step: int) -> float:
+        """Multiplier of the peak learning rate at optimizer step ``step``."""
+        if self._schedule is None:  # at construction, before the length is known: set again in on_train_start
+            return 0.0
+        warmup, total = self._schedule
+        if step < warmup:
+            return float(step) / float(max(1, warmup))
+        return max(0.0, float(total - step) / float(max(1, total - warmup)))
+
+    def on_train_start(self) -> None:
+        """Size the schedule from the run's length, and set the current learning rate from it.
+
+        Raises:
+            OptionError: the run has no step count (only ``trainer.max_time``, no max_epochs/max_steps).
+        """
         total = self.trainer.estimated_stepping_batches
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.hparams.warmup_ratio * total), total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        if not math.isfinite(total):
+            raise OptionError("trainer.max_epochs=-1 and trainer.max_steps=-1 give the learning-rate schedule no "
+                              "length: set trainer.max_epochs or trainer.max_steps (trainer.max_time may still stop it early)")
+        self._schedule = (int(self.hparams.warmup_ratio * total), int(total))
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base_lr * self._lr_factor(scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+        from pytorch_lightning.callbacks import Timer
+
+        timers = [c for c in self.trainer.callbacks if isinstance(c, Timer) and c._duration is not None]
+        if timers:
+            rank_zero_warn(f"trainer.max_time={timers[0]._duration:.0f} s: the learning rate decays over {int(total)} steps "
+                           "(max_epochs / max_steps); a run stopped by max_time ends before the decay does")

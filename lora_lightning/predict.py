@@ -52,10 +52,18 @@ class SST2PredictionWriter(BasePredictionWriter):
             raise OutputExistsError(f"{path} exists: pick another output_path or set overwrite: true")
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        probs = torch.cat([p for p in predictions]).float().cpu()  # (N, num_labels), in loader order
+        probs = torch.cat([p for p in predictions]).float().cpu()  # (N_rank, num_labels), in loader order
         order = torch.tensor(_flatten(batch_indices), dtype=torch.long)  # dataset index of each prediction
-        if order.numel() == probs.shape[0]:
-            probs = torch.empty_like(probs).index_copy_(0, order, probs)  # back to input order
+        if trainer.world_size > 1:  # each process predicted its share (C20): gather them on rank 0
+            shares = [None] * trainer.world_size
+            torch.distributed.all_gather_object(shares, (probs, order))
+            if not trainer.is_global_zero:
+                return
+            probs = torch.cat([p for p, _ in shares])
+            order = torch.cat([o for _, o in shares])
+        if not torch.equal(order.sort().values, torch.arange(probs.shape[0])):
+            raise RuntimeError(f"{probs.shape[0]} predictions do not map one-to-one onto the input rows")
+        probs = torch.empty_like(probs).index_copy_(0, order, probs)  # back to input order
         rows = trainer.datamodule.predict_rows()
         if len(rows) != len(probs):
             raise RuntimeError(f"{len(probs)} predictions for {len(rows)} input rows")

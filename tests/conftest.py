@@ -1,10 +1,13 @@
-"""Tiny offline fixtures: a random 2-layer BERT saved as a local folder, GLUE-format TSVs."""
+"""Tiny offline fixtures: random 2-layer BERT, DistilBERT and RoBERTa (and a 3-label BERT classifier)
+saved as local folders, GLUE-format TSVs."""
 
+import logging
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -34,6 +37,64 @@ def tiny_model_dir(tmp_path_factory) -> str:
     torch.manual_seed(0)
     BertModel(tiny_config()).save_pretrained(d)
     return str(d)
+
+
+def save_tiny(tmp_path_factory, name: str, model) -> str:
+    """Save ``model`` with the tiny ``BertTokenizerFast`` vocab as a Hub-like folder; returns its path."""
+    d = tmp_path_factory.mktemp(name)
+    (d / "vocab.txt").write_text("\n".join(SPECIAL + POSITIVE + NEGATIVE + FILLER) + "\n")
+    BertTokenizerFast(vocab=str(d / "vocab.txt"), model_max_length=512).save_pretrained(d)
+    model.save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert_dir(tmp_path_factory) -> str:
+    """A random tiny ``DistilBertModel`` (dim 32, 2 layers, 2 heads, hidden 64): its classifier adds a
+    second new head layer, ``pre_classifier`` (C15); its forward takes no ``token_type_ids``."""
+    from transformers import DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(0)
+    config = DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, vocab_size=tiny_config().vocab_size)
+    return save_tiny(tmp_path_factory, "tiny-distilbert", DistilBertModel(config))
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory) -> str:
+    """A random tiny ``RobertaModel`` (hidden 32, 2 layers, 2 heads, intermediate 64): its new head is a
+    module of two Linears, ``classifier.dense`` and ``classifier.out_proj``."""
+    from transformers import RobertaConfig, RobertaModel
+
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=tiny_config().vocab_size, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, intermediate_size=64, max_position_embeddings=514,
+                           pad_token_id=SPECIAL.index("[PAD]"), type_vocab_size=1)
+    return save_tiny(tmp_path_factory, "tiny-roberta", RobertaModel(config))
+
+
+@pytest.fixture(scope="session")
+def tiny_nli_dir(tmp_path_factory) -> str:
+    """A random tiny ``BertForSequenceClassification`` with 3 labels: a base that already holds a task
+    head of another width (C17)."""
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return save_tiny(tmp_path_factory, "tiny-nli", BertForSequenceClassification(tiny_config(num_labels=3)))
+
+
+@contextmanager
+def log_records(name: str):
+    """Collect the records of logger ``name`` (Lightning's and transformers' loggers don't propagate to
+    pytest's ``caplog``): ``with log_records("pytorch_lightning") as records: ...``."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 def toy_rows(n: int, seed: int = 0) -> list[tuple[str, int]]:

@@ -35,6 +35,40 @@ def test_round_trip_identical_logits(tiny_ckpt, tiny_model_dir):
     assert torch.equal(first.model.classifier.weight, state["model.classifier.weight"])
 
 
+def lora_keys(layer: str, targets: tuple[str, ...]) -> set[str]:
+    """Checkpoint keys of LoRA on ``targets`` in both tiny layers; ``layer`` has ``{i}`` and ``{t}`` in it."""
+    return {f"model.{layer.format(i=i, t=t)}.lora_{m}" for i in range(2) for t in targets for m in "AB"}
+
+
+@pytest.mark.parametrize("base, targets, keys", [
+    ("tiny_distilbert_dir", ["q_lin", "v_lin"],
+     lora_keys("distilbert.transformer.layer.{i}.attention.{t}", ("q_lin", "v_lin"))
+     | {f"model.{m}.{p}" for m in ("pre_classifier", "classifier") for p in ("weight", "bias")}),
+    ("tiny_roberta_dir", ["query", "value"],
+     lora_keys("roberta.encoder.layer.{i}.attention.self.{t}", ("query", "value"))
+     | {f"model.classifier.{m}.{p}" for m in ("dense", "out_proj") for p in ("weight", "bias")}),
+    ("tiny_nli_dir", ["query", "value"],
+     lora_keys("bert.encoder.layer.{i}.attention.self.{t}", ("query", "value"))
+     | {"model.classifier.weight", "model.classifier.bias"}),
+], ids=["distilbert-C15", "roberta", "bert-3-label-base-C17"])
+def test_new_tensors_are_saved_and_round_trip(base, targets, keys, request, toy_glue_dir, tmp_path):
+    """C15: DistilBERT's second new head layer, pre_classifier, trains and is saved; after another seed
+    ``load_from_checkpoint`` gives identical logits (it was frozen, left out and drawn again on load)."""
+    import pytorch_lightning as pl
+
+    model_dir = request.getfixturevalue(base)
+    pl.seed_everything(0)
+    model = LoRAClassifier(model_dir, target_modules=targets, learning_rate=1e-2)
+    trainer = quiet_trainer(max_steps=3, limit_val_batches=0)
+    trainer.fit(model, SST2DataModule(model_dir, data_dir=toy_glue_dir, batch_size=16))
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    state = torch.load(tmp_path / "model.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert set(state) == keys
+    torch.manual_seed(123)  # the new tensors are drawn otherwise on load: the checkpoint must hold them
+    again = LoRAClassifier.load_from_checkpoint(tmp_path / "model.ckpt", map_location="cpu")
+    assert torch.equal(logits(again, model_dir), logits(model, model_dir))
+
+
 def test_config_that_differs_from_checkpoint_is_refused(tiny_ckpt, tiny_model_dir, toy_glue_dir):
     """C09 (Lightning #20310): `validate --ckpt_path` builds the model from the config; if its r or
     lora_alpha differs from the checkpoint's, stop before evaluating, naming the option."""

@@ -1,12 +1,19 @@
 """SST2DataModule (data.py): sources, split sizes and determinism, tokenisation, batching, bad files."""
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoTokenizer, BertModel, BertTokenizerFast, DistilBertConfig, RobertaConfig
 
-from conftest import write_tsv
-from lora_lightning.data import DataFileError, EpochLengthGroupedSampler, SST2DataModule, read_split
+from conftest import FILLER, NEGATIVE, POSITIVE, SPECIAL, tiny_config, toy_rows, write_tsv
+from lora_lightning.cli import main
+from lora_lightning.data import (DataFileError, EpochLengthGroupedSampler, OptionError, SST2DataModule,
+                                 model_token_limit, read_split)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_dm(model_dir, data_dir, **kw) -> SST2DataModule:
@@ -144,6 +151,11 @@ def test_glue_dir_env_is_the_fallback(tmp_path, monkeypatch, tiny_model_dir):
     ({"val_fraction": 0.0}, r"data.val_fraction must be in \(0, 1\)"),
     ({"val_fraction": 1.0}, r"data.val_fraction must be in \(0, 1\)"),
     ({"max_length": 1}, r"data.max_length must be >= 2"),
+    # siblings of C16: options that would otherwise fail deep inside a run, refused at start
+    ({"num_workers": -1}, r"data.num_workers must be >= 0, got -1"),
+    ({"max_train_samples": 0}, r"data.max_train_samples must be >= 1 \(or null for all\), got 0"),
+    ({"max_eval_samples": -5}, r"data.max_eval_samples must be >= 1 \(or null for all\), got -5"),
+    ({"seed": -1}, r"data.seed must be in \[0, 2\*\*32 - 1\], got -1"),
 ])
 def test_bad_options(kw, message):
     with pytest.raises(ValueError, match=message):
@@ -153,3 +165,123 @@ def test_bad_options(kw, message):
 def test_max_length_above_model_limit(tiny_model_dir, toy_glue_dir):
     with pytest.raises(ValueError, match=r"data.max_length=1000 exceeds the model's limit of 512"):
         make_dm(tiny_model_dir, toy_glue_dir, max_length=1000)
+
+
+@pytest.fixture(scope="module")
+def short_model_dir(tmp_path_factory) -> str:
+    """C16: a tiny BERT with a 64-position table whose tokenizer was saved without model_max_length."""
+    d = tmp_path_factory.mktemp("tiny-bert-64")
+    (d / "vocab.txt").write_text("\n".join(SPECIAL + POSITIVE + NEGATIVE + FILLER) + "\n")
+    BertTokenizerFast(vocab=str(d / "vocab.txt")).save_pretrained(d)
+    torch.manual_seed(0)
+    BertModel(tiny_config(max_position_embeddings=64)).save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def long_rows_dir(tmp_path_factory) -> str:
+    """C16: toy SST-2 whose train.tsv holds a few 100-word sentences (102 tokens with [CLS] and [SEP])."""
+    d = tmp_path_factory.mktemp("glue-long") / "SST-2"
+    d.mkdir()
+    long = [(" ".join(FILLER[i % len(FILLER)] for i in range(99)) + " good ", 1)] * 4
+    write_tsv(d / "train.tsv", "sentence\tlabel", toy_rows(60, seed=0) + long)
+    write_tsv(d / "dev.tsv", "sentence\tlabel", toy_rows(20, seed=1))
+    return str(d)
+
+
+def test_max_length_above_position_table(short_model_dir, long_rows_dir):
+    """C16: the limit comes from the model's position table, not the tokenizer's ~1e30 placeholder."""
+    assert AutoTokenizer.from_pretrained(short_model_dir).model_max_length > 10**6
+    with pytest.raises(OptionError, match=r"^data.max_length=128 exceeds the model's limit of 64 tokens$"):
+        make_dm(short_model_dir, long_rows_dir)
+    dm = make_dm(short_model_dir, long_rows_dir, max_length=64)
+    assert max(dm.datasets["train"]["length"]) == 64  # the long rows are truncated to what the model holds
+
+
+def test_max_length_above_position_table_from_cli(short_model_dir, long_rows_dir, tmp_path, monkeypatch, capsys):
+    """C16 as reported: `fit` refuses with one line (status 2) before any training step."""
+    monkeypatch.chdir(tmp_path)
+    status = main(["fit", "--config", str(ROOT / "configs/sst2.yaml"), "--model.model_name_or_path", short_model_dir,
+                   "--data.data_dir", long_rows_dir, "--trainer.max_steps", "3", "--trainer.accelerator", "cpu",
+                   "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path)])
+    assert status == 2
+    assert "error: data.max_length=128 exceeds the model's limit of 64 tokens" in capsys.readouterr().err.splitlines()
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("config, limit", [
+    (tiny_config(max_position_embeddings=64), 64),
+    (DistilBertConfig(max_position_embeddings=64), 64),
+    # RoBERTa's position ids start at pad_token_id + 1: 514 positions hold 512 tokens
+    (RobertaConfig(max_position_embeddings=514, pad_token_id=1), 512),
+    (RobertaConfig(max_position_embeddings=66, pad_token_id=1), 64),
+])
+def test_model_token_limit_reads_the_position_table(config, limit):
+    assert model_token_limit(config) == limit
+
+
+def test_model_token_limit_takes_the_smaller(short_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(short_model_dir)
+    assert model_token_limit(tiny_config(max_position_embeddings=64), tokenizer) == 64  # tokenizer: ~1e30, unset
+    tokenizer.model_max_length = 32
+    assert model_token_limit(tiny_config(max_position_embeddings=64), tokenizer) == 32
+
+
+def test_max_length_above_roberta_limit(short_model_dir, long_rows_dir, tmp_path):
+    """C16 for a RoBERTa-like config: 66 positions with pad_token_id=1 hold 64 tokens."""
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (Path(short_model_dir) / name).is_file():
+            shutil.copy(Path(short_model_dir) / name, tmp_path / name)
+    RobertaConfig(vocab_size=26, max_position_embeddings=66, pad_token_id=1).save_pretrained(tmp_path)
+    with pytest.raises(OptionError, match=r"^data.max_length=65 exceeds the model's limit of 64 tokens$"):
+        make_dm(str(tmp_path), long_rows_dir, max_length=65)
+    assert max(make_dm(str(tmp_path), long_rows_dir, max_length=64).datasets["train"]["length"]) == 64
+
+
+def test_tokenizer_larger_than_embedding_table(short_model_dir, long_rows_dir, tmp_path):
+    """A sibling of C16: token ids the model's embedding table has no row for are refused at start."""
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (Path(short_model_dir) / name).is_file():
+            shutil.copy(Path(short_model_dir) / name, tmp_path / name)
+    tiny_config(vocab_size=10).save_pretrained(tmp_path)
+    with pytest.raises(OptionError, match=r"tokenizer has 26 tokens but the model's embedding table has 10 rows"):
+        make_dm(str(tmp_path), long_rows_dir)
+
+
+def test_val_fraction_leaving_no_train_rows(tmp_path, tiny_model_dir):
+    """A sibling of C16: a split that would be empty is an option error naming the option, not a traceback."""
+    write_tsv(tmp_path / "train.tsv", "sentence\tlabel", [("fine", 1), ("bad", 0), ("good", 1)])
+    write_tsv(tmp_path / "dev.tsv", "sentence\tlabel", [("fine", 1)])
+    with pytest.raises(OptionError, match=r"data.val_fraction=0.9 leaves no train rows of the 3 in .*train.tsv"):
+        make_dm(tiny_model_dir, str(tmp_path), val_fraction=0.9)
+
+
+@pytest.mark.parametrize("inside", ["\r", "\x0b", "\x0c", "\x1c", "\x1e", "\x85", "\u2028"],
+                         ids=["CR", "VT", "FF", "FS", "RS", "NEL", "LS"])
+def test_odd_line_breaks_stay_in_the_sentence(tmp_path, tiny_model_dir, inside):
+    """C18: only LF (or CRLF) ends a row, for the validator and the reader alike; the rest is text, kept as is."""
+    rows = ["sentence\tlabel", f"it was a{inside}good film \t1", "awful \t0", f"dull{inside}\t0"]
+    (tmp_path / "train.tsv").write_bytes("\n".join(rows).encode() + b"\n")
+    ds = read_split(tmp_path / "train.tsv", labeled=True)
+    assert ds[:] == {"sentence": [f"it was a{inside}good film ", "awful ", f"dull{inside}"], "label": [1, 0, 0]}
+    write_tsv(tmp_path / "dev.tsv", "sentence\tlabel", [("fine", 1)])
+    dm = make_dm(tiny_model_dir, str(tmp_path), val_fraction=0.34)
+    assert len(dm.datasets["train"]) + len(dm.datasets["val"]) == 3
+
+
+def test_replaced_file_with_same_mtime_is_reread(tmp_path, tiny_model_dir, toy_glue_dir):
+    """C19: new contents with the old modification time (cp -p, rsync -a, archives) are read, not a cache."""
+    data = tmp_path / "SST-2"
+    shutil.copytree(toy_glue_dir, data)
+    before = make_dm(tiny_model_dir, str(data))
+    train = data / "train.tsv"
+    stat = train.stat()
+    lines = train.read_text().splitlines()
+    flipped = [lines[0]] + [f"{s}\t{1 - int(label)}" for s, label in (line.split("\t") for line in lines[1:])]
+    train.write_text("\n".join(flipped) + "\n")
+    os.utime(train, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (train.stat().st_mtime_ns, train.stat().st_size) == (stat.st_mtime_ns, stat.st_size)
+    after = make_dm(tiny_model_dir, str(data))
+    for split in ("train", "val"):
+        assert list(after.datasets[split]["labels"]) == [1 - y for y in before.datasets[split]["labels"]]
+    assert not any(ds.cache_files for ds in after.datasets.values())  # nothing on disk to go stale

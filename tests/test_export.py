@@ -1,14 +1,19 @@
 """export.py: merged weights to plain transformers, the adapter to PEFT, and no silent overwrite."""
 
+import inspect
 import json
+import os
+import stat
 
 import peft  # test dependency only: the oracle for the adapter format
 import pytest
+import pytorch_lightning as pl
 import torch
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification, pipeline
 
-from conftest import sentence_batch
+from conftest import quiet_trainer, sentence_batch
 from lora_lightning.export import export, export_main
 from lora_lightning.model import LoRAClassifier
 
@@ -77,3 +82,104 @@ def test_full_finetune_exports_merged_not_adapter(tiny_model_dir, toy_glue_dir, 
     plain = AutoModelForSequenceClassification.from_pretrained(out).eval()
     with torch.no_grad():
         torch.testing.assert_close(plain(**batch).logits, module.eval()(**batch), atol=1e-5, rtol=0)
+
+
+ENCODER_LINEARS = ["query", "key", "value", "output.dense", "intermediate.dense"]  # all Linears but pooler/head
+
+# Item 4 of issue 10: every configuration that trains also exports in both formats with our logits (or is
+# refused when built: tests/test_model.py::test_configurations_that_cannot_export_are_refused_when_built).
+# (base folder fixture, options, the modules trained in full = the adapter's modules_to_save)
+GRID = [
+    pytest.param("tiny_model_dir", dict(target_modules=["query", "value"]), ["classifier"], id="bert-qv"),
+    # a bare `dense` also adapts the frozen pooler.dense: LoRA there is fine, PEFT does the same
+    pytest.param("tiny_model_dir", dict(target_modules=["query", "key", "value", "dense"]), ["classifier"],
+                 id="bert-all-linears-lora-in-pooler"),
+    pytest.param("tiny_model_dir", dict(target_modules=["query", "value"], train_pooler=True),
+                 ["bert.pooler", "classifier"], id="bert-qv-pooler"),
+    pytest.param("tiny_model_dir", dict(target_modules=ENCODER_LINEARS, train_pooler=True),
+                 ["bert.pooler", "classifier"], id="bert-encoder-linears-pooler"),
+    pytest.param("tiny_model_dir", dict(finetune="full"), None, id="bert-full"),
+    pytest.param("tiny_distilbert_dir", dict(target_modules=["q_lin", "v_lin"]), ["pre_classifier", "classifier"],
+                 id="distilbert-qv-C15"),
+    pytest.param("tiny_distilbert_dir", dict(target_modules=["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"]),
+                 ["pre_classifier", "classifier"], id="distilbert-all-encoder-linears"),
+    pytest.param("tiny_distilbert_dir", dict(finetune="full"), None, id="distilbert-full"),
+    pytest.param("tiny_roberta_dir", dict(target_modules=["query", "value"]), ["classifier"], id="roberta-qv"),
+    pytest.param("tiny_roberta_dir", dict(target_modules=ENCODER_LINEARS), ["classifier"],
+                 id="roberta-encoder-linears"),
+    pytest.param("tiny_roberta_dir", dict(finetune="full"), None, id="roberta-full"),
+    pytest.param("tiny_nli_dir", dict(target_modules=["query", "value"], train_pooler=True),
+                 ["bert.pooler", "classifier"], id="bert-3-label-base-C17"),
+]
+
+
+def fit_steps(module: LoRAClassifier, model_dir: str, steps: int = 3) -> pl.Trainer:
+    """``steps`` optimizer steps on the 4 fixed sentences (labels 1, 0, 1, 0); returns the Trainer."""
+    batch = {**sentence_batch(model_dir), "labels": torch.tensor([1, 0, 1, 0])}
+    trainer = quiet_trainer(max_steps=steps, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=DataLoader([batch] * steps, batch_size=None))
+    return trainer
+
+
+@pytest.mark.parametrize("base, options, full_modules", GRID)
+def test_every_configuration_round_trips_and_exports(base, options, full_modules, request, tmp_path):
+    """Train 3 steps; the checkpoint reloads (after another seed) to identical logits; the merged folder
+    in transformers and the adapter in PEFT give our logits, and carry every tensor trained in full."""
+    model_dir = request.getfixturevalue(base)
+    pl.seed_everything(0)
+    lr = 1e-3 if options.get("finetune") == "full" else 1e-2
+    module = LoRAClassifier(model_dir, r=4, lora_alpha=8, learning_rate=lr, **options)
+    start = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+    trainer = fit_steps(module, model_dir)
+    trained = {n.removeprefix("model."): p.detach() for n, p in module.named_parameters() if p.requires_grad}
+    if full_modules is not None:
+        assert all(not torch.equal(p, start["model." + n]) for n, p in trained.items()), "a trained tensor did not move"
+    ckpt = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(ckpt)
+    batch = sentence_batch(model_dir)
+    with torch.no_grad():
+        expected = module.eval()(**batch)
+        torch.manual_seed(123)  # new tensors are drawn again on load: the checkpoint must hold them all
+        reloaded = LoRAClassifier.load_from_checkpoint(ckpt, map_location="cpu").eval()(**batch)
+        assert torch.equal(reloaded, expected), (reloaded, expected)
+
+        merged = export(str(ckpt), str(tmp_path / "merged"), format="merged")
+        plain = AutoModelForSequenceClassification.from_pretrained(merged).eval()
+        takes = inspect.signature(plain.forward).parameters  # DistilBERT takes no token_type_ids
+        inputs = {k: v for k, v in batch.items() if k in takes}
+        torch.testing.assert_close(plain(**inputs).logits, expected, atol=1e-5, rtol=0)
+        if full_modules is None:  # finetune=full: no adapter to export
+            with pytest.raises(ValueError, match="--format adapter: .* model.finetune=full"):
+                export(str(ckpt), str(tmp_path / "adapter"), format="adapter")
+            return
+        saved = load_file(merged / "model.safetensors")
+        for name, p in trained.items():
+            if "lora_" not in name:
+                assert torch.equal(saved[name], p), name
+
+        adapter = export(str(ckpt), str(tmp_path / "adapter"), format="adapter")
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        assert config["modules_to_save"] == full_modules
+        tensors = load_file(adapter / "adapter_model.safetensors")
+        assert set(tensors) == {f"base_model.model.{n}.weight" if "lora_" in n else f"base_model.model.{n}"
+                                for n in trained}
+        base_model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2,
+                                                                        ignore_mismatched_sizes=True)
+        peft_model = peft.PeftModel.from_pretrained(base_model, adapter).eval()
+        torch.testing.assert_close(peft_model(**inputs).logits, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775)],
+                         ids=["umask-022", "umask-002"])
+def test_exported_files_are_readable_by_others(tiny_ckpt, tmp_path, umask, file_mode, dir_mode):
+    """safetensors writes 0600 files; the export is a normal folder: 0o666 / 0o777 less the umask."""
+    old = os.umask(umask)
+    try:
+        folders = [export(tiny_ckpt, str(tmp_path / fmt), format=fmt) for fmt in ("merged", "adapter")]
+    finally:
+        os.umask(old)
+    for folder in folders:
+        assert stat.S_IMODE(folder.stat().st_mode) == dir_mode
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in folder.rglob("*")}
+        assert any(name.endswith(".safetensors") for name in modes)
+        assert modes == dict.fromkeys(modes, file_mode)

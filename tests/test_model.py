@@ -1,5 +1,7 @@
 """LoRAClassifier (model.py): what trains, what it learns, and how it fails."""
 
+import logging
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -214,3 +216,106 @@ def test_full_finetune_trains_every_weight_and_keeps_its_checkpoint_apart(tiny_m
 def test_unknown_finetune_mode_is_refused(tiny_model_dir):
     with pytest.raises(ValueError, match=r"model.finetune must be 'lora' or 'full', got 'adapter'"):
         LoRAClassifier(tiny_model_dir, finetune="adapter")
+
+
+@pytest.mark.parametrize("base, targets, head, said", [
+    ("tiny_model_dir", ["query", "value"], ["classifier.weight", "classifier.bias"], "classifier"),
+    ("tiny_distilbert_dir", ["q_lin", "v_lin"],
+     ["pre_classifier.weight", "pre_classifier.bias", "classifier.weight", "classifier.bias"], "pre_classifier, classifier"),
+    ("tiny_roberta_dir", ["query", "value"], ["classifier.dense.weight", "classifier.dense.bias",
+                                              "classifier.out_proj.weight", "classifier.out_proj.bias"], "classifier"),
+], ids=["bert", "distilbert", "roberta"])
+def test_every_new_tensor_trains(base, targets, head, said, request):
+    """C15: every tensor the base folder does not hold (DistilBERT's pre_classifier too) trains in full, said
+    in one line of ours instead of transformers' load report (which reads like a failure)."""
+    from transformers.utils import logging as hf_logging
+
+    from conftest import log_records
+
+    verbosity = hf_logging.get_verbosity()
+    with log_records("transformers") as hf_records, log_records("pytorch_lightning") as ours:
+        model = LoRAClassifier(request.getfixturevalue(base), target_modules=targets)
+    trainable = [n.removeprefix("model.") for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+    assert trainable == head
+    assert [r.getMessage() for r in ours] == [f"new head modules trained in full: {said}"]
+    assert not [r.getMessage() for r in hf_records if r.levelno >= logging.WARNING]
+    assert hf_logging.get_verbosity() == verbosity  # silenced around the load only
+
+
+def test_forward_passes_only_the_inputs_the_model_takes(tiny_model_dir, tiny_distilbert_dir):
+    """DistilBERT's forward takes no token_type_ids (BERT tokenizers yield them); no input is passed as None."""
+    from conftest import sentence_batch
+
+    def spy(module):
+        calls, forward = [], module.model.forward
+
+        def recording(**kwargs):
+            calls.append(set(kwargs))
+            return forward(**kwargs)
+
+        module.model.forward = recording
+        return calls
+
+    distil = LoRAClassifier(tiny_distilbert_dir, target_modules=["q_lin", "v_lin"]).eval()
+    distil_calls = spy(distil)
+    distil(**sentence_batch(tiny_distilbert_dir))
+    assert distil_calls == [{"input_ids", "attention_mask"}]
+    bert = LoRAClassifier(tiny_model_dir).eval()
+    bert_calls = spy(bert)
+    batch = sentence_batch(tiny_model_dir)
+    bert(batch["input_ids"], batch["attention_mask"])
+    bert(**batch)
+    assert bert_calls == [{"input_ids", "attention_mask"}, {"input_ids", "attention_mask", "token_type_ids"}]
+
+
+def test_base_with_a_head_of_another_width_gets_a_new_2_label_head(tiny_nli_dir, toy_glue_dir):
+    """C17: a base folder that is a 3-label classifier (an NLI model) gets a new 2-label head, said in one
+    line, instead of transformers' size-mismatch RuntimeError; the encoder is the folder's, and it trains."""
+    from transformers import BertForSequenceClassification
+
+    from conftest import log_records
+
+    pl.seed_everything(0)
+    with log_records("pytorch_lightning") as records:
+        model = LoRAClassifier(tiny_nli_dir, learning_rate=1e-2)
+    assert [r.getMessage() for r in records] == [
+        f"{tiny_nli_dir} holds a head of another width: the old head (classifier.weight (3, 32), classifier.bias (3,)) "
+        "was replaced by a new 2-label one (classifier.weight (2, 32), classifier.bias (2,))",
+        "new head modules trained in full: classifier",
+    ]
+    assert model.model.classifier.weight.shape == (2, 32) and model.model.config.id2label == {0: "negative", 1: "positive"}
+    saved = BertForSequenceClassification.from_pretrained(tiny_nli_dir)
+    assert torch.equal(model.model.bert.encoder.layer[0].attention.self.query.base_layer.weight,
+                       saved.bert.encoder.layer[0].attention.self.query.weight)
+    head = model.model.classifier.weight.detach().clone()
+    t = trainer(max_steps=3, limit_val_batches=0)
+    t.fit(model, SST2DataModule(tiny_nli_dir, data_dir=toy_glue_dir, batch_size=16))
+    assert torch.isfinite(t.callback_metrics["train_loss"]) and not torch.equal(head, model.model.classifier.weight)
+
+
+@pytest.mark.parametrize("base, kw, message", [
+    ("tiny_model_dir", dict(target_modules=["query", "dense"], train_pooler=True),
+     r"^model.target_modules=\['query', 'dense'\]: 'dense' matches 'bert.pooler.dense', inside 'bert.pooler', which "
+     r"trains in full; .*: name the layers outside it, e.g. \['query', 'output.dense', 'intermediate.dense'\]$"),
+    ("tiny_roberta_dir", dict(target_modules=["query", "value", "dense"]),
+     r"^model.target_modules=\['query', 'value', 'dense'\]: 'dense' matches 'classifier.dense', inside 'classifier', "
+     r"which trains in full; .* e.g. \['query', 'value', 'output.dense', 'intermediate.dense'\]$"),
+    ("tiny_model_dir", dict(target_modules=["query", "classifier"]),
+     r"^model.target_modules=\['query', 'classifier'\]: 'classifier' matches 'classifier', which trains in full; "
+     r".* e.g. \['query'\]$"),
+    ("tiny_distilbert_dir", dict(target_modules=["pre_classifier"]),
+     r"'pre_classifier' matches 'pre_classifier', which trains in full; .*: drop 'pre_classifier'$"),
+    ("tiny_distilbert_dir", dict(target_modules=["q_lin"], train_pooler=True),
+     r"^model.train_pooler=true, but DistilBertForSequenceClassification has no pooler"),
+    ("tiny_roberta_dir", dict(train_pooler=True), r"^model.train_pooler=true, but RobertaForSequenceClassification has no pooler"),
+], ids=["lora-in-trained-pooler", "lora-in-roberta-head", "lora-on-the-head", "lora-only-on-a-new-layer",
+        "distilbert-pooler", "roberta-pooler"])
+def test_configurations_that_cannot_export_are_refused_when_built(base, kw, message, request):
+    """Item 4 of issue 10: LoRA inside a module trained in full (PEFT skips such layers, so the adapter and the
+    merged export would differ) and a pooler the head does not use are refused in one line, naming the option
+    (what does build is exported in tests/test_export.py::test_every_configuration_round_trips_and_exports)."""
+    from lora_lightning.errors import OptionError
+
+    with pytest.raises(OptionError, match=message) as error:
+        LoRAClassifier(request.getfixturevalue(base), **kw)
+    assert "\n" not in str(error.value)

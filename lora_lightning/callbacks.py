@@ -1,0 +1,165 @@
+"""Lightning callbacks with the behaviour this package promises: ``last.ckpt`` is the newest state,
+an interrupted ``fit`` leaves a checkpoint to resume from, a resumed run never overwrites a config,
+and progress shows as plain lines when the output is not a terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import ModelCheckpoint as _LightningModelCheckpoint
+from pytorch_lightning.cli import SaveConfigCallback
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+
+from lora_lightning.errors import LoRALightningError
+
+
+class ModelCheckpoint(_LightningModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` is always the newest state (field case C21).
+
+    Since Lightning 2.6, ``save_last=True`` writes ``last.ckpt`` only when a top-k checkpoint is
+    written at the same step, so after an epoch whose ``val_acc`` did not improve (or one without
+    validation) ``last.ckpt`` silently held an older epoch. Here ``last.ckpt`` is also written:
+
+    - after every validation and at every training epoch end where nothing was saved at that step;
+    - at the end of training, if the last step is not saved yet;
+    - when ``fit`` is interrupted (Ctrl-C, or any exception but a diverged loss): the state of the
+      last completed step, to resume from with ``fit --ckpt_path .../last.ckpt``.
+
+    Arguments are Lightning's; the state key is Lightning's (``ModelCheckpoint{...}``), so
+    checkpoints written with either class resume with either.
+
+    Evaluation runs (``validate``/``test``/``predict --ckpt_path``) do not reload this callback's
+    state: it only describes the training run's folder (Lightning would warn "The dirpath has
+    changed" on every evaluation).
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._stage, self._dir_not_empty = stage, None
+        super().setup(trainer, pl_module, stage)
+
+    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath) -> None:  # Lightning's private check, deferred:
+        # a run resumed into its own folder finds its checkpoints there; only a fresh run is warned (on_fit_start)
+        if self.save_top_k != 0 and os.path.isdir(dirpath) and os.listdir(dirpath):
+            self._dir_not_empty = dirpath
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._dir_not_empty:
+            rank_zero_warn(f"Checkpoint directory {self._dir_not_empty} exists and is not empty.")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if getattr(self, "_stage", "fit") != "fit":
+            return
+        self._dir_not_empty = None  # resuming: the folder's checkpoints are this run's
+        saved_dir = state_dict.get("dirpath", self.dirpath)
+        if saved_dir and self.dirpath and os.path.realpath(saved_dir) == os.path.realpath(self.dirpath):
+            # the same folder, perhaps spelled otherwise (relative / absolute): paths in this run's spelling
+            moved = lambda path: os.path.join(self.dirpath, os.path.relpath(path, saved_dir)) if path else path  # noqa: E731
+            state = {**state_dict, "dirpath": self.dirpath}
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                state[key] = moved(state_dict.get(key, ""))
+            state["best_k_models"] = {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()}
+            super().load_state_dict(state)
+            return
+        # resumed into another folder: top-k starts afresh there; the best so far stays a path in the old one
+        rank_zero_info(f"Resuming in {self.dirpath}; the checkpoint's run kept its checkpoints in "
+                       f"{saved_dir} (best so far: {state_dict.get('best_model_path')})")
+        self.best_model_path = state_dict["best_model_path"]
+
+    def _save_last_if_behind(self, trainer: pl.Trainer) -> None:
+        # _should_skip_saving_checkpoint is true when something (top-k, hence last too) was saved at this step
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):  # else on_train_epoch_end saves, top-k first
+            self._save_last_if_behind(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_if_behind(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save_last_if_behind(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, LoRALightningError) or trainer.state.fn != "fit" or trainer.sanity_checking:
+            return  # a diverged loss: the checkpoints saved before it are the ones worth keeping
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            # Lightning steps per-step schedulers after on_train_batch_end: an interrupt in between leaves
+            # the schedule one step behind the optimizer. Catch it up, so the saved state is consistent.
+            for config in trainer.lr_scheduler_configs:
+                if config.interval == "step" and config.frequency == 1:
+                    while getattr(config.scheduler, "last_epoch", trainer.global_step) < trainer.global_step:
+                        config.scheduler.step()
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            rank_zero_info(f"{type(exception).__name__}: saved the state at step {trainer.global_step} to "
+                           f"{self.last_model_path}; resume with fit --ckpt_path {self.last_model_path}")
+
+
+class ResumeSafeSaveConfig(SaveConfigCallback):
+    """LightningCLI's ``SaveConfigCallback`` that never overwrites a run's ``config.yaml`` and never
+    fails because one exists: a run resumed into its own folder writes ``config.resume-N.yaml``
+    (N = 1, 2, ...: the first free name) beside it."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.already_saved and trainer.log_dir is not None and trainer.is_global_zero:
+            stem, suffix = os.path.splitext(self.config_filename)
+            n = 0
+            while os.path.exists(os.path.join(trainer.log_dir, self.config_filename)):
+                n += 1
+                self.config_filename = f"{stem.split('.resume-')[0]}.resume-{n}{suffix}"
+        self.config_filename = trainer.strategy.broadcast(self.config_filename)
+        super().setup(trainer, pl_module, stage)
+
+
+def _minutes(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class ProgressLog(Callback):
+    """One plain line every ``every_n_steps`` optimizer steps when stderr is not a terminal
+    (``make fit > log``, nohup, CI), where a progress bar would be one long line of carriage returns::
+
+        step 400/5685 (7.0%) epoch 0 train_loss 0.3121 | 2m05s elapsed, 27m32s left
+
+    Time left is the mean time per step so far times the steps left (validation included). In a
+    terminal it prints nothing: the progress bar shows the same. ``always=True`` prints in both.
+
+    Args:
+        every_n_steps: optimizer steps between lines.
+        always: print even when stderr is a terminal.
+    """
+
+    def __init__(self, every_n_steps: int = 100, always: bool = False) -> None:
+        self.every_n_steps = every_n_steps
+        self.always = always
+        self._start = None
+
+    def _active(self) -> bool:
+        return self.always or not sys.stderr.isatty()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = (time.monotonic(), trainer.global_step)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if not self._active() or self._start is None or step == self._start[1] or step % self.every_n_steps:
+            return
+        if getattr(self, "_last_step", None) == step:  # several micro-batches per step (accumulation)
+            return
+        self._last_step = step
+        elapsed = time.monotonic() - self._start[0]
+        total = trainer.estimated_stepping_batches
+        line = f"step {step}/{total} ({100 * step / total:.1f}%) epoch {trainer.current_epoch}"
+        loss = trainer.callback_metrics.get("train_loss")
+        if loss is not None:
+            line += f" train_loss {float(loss):.4f}"
+        left = elapsed / (step - self._start[1]) * (total - step)
+        rank_zero_info(f"{line} | {_minutes(elapsed)} elapsed, {_minutes(left)} left")
