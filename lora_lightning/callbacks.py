@@ -108,14 +108,20 @@ class ResumeSafeSaveConfig(SaveConfigCallback):
     (N = 1, 2, ...: the first free name) beside it."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not self.already_saved and trainer.log_dir is not None and trainer.is_global_zero:
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank calls it once
+        if not self.already_saved and log_dir is not None and trainer.is_global_zero:
             stem, suffix = os.path.splitext(self.config_filename)
             n = 0
-            while os.path.exists(os.path.join(trainer.log_dir, self.config_filename)):
+            while os.path.exists(os.path.join(log_dir, self.config_filename)):
                 n += 1
                 self.config_filename = f"{stem.split('.resume-')[0]}.resume-{n}{suffix}"
         self.config_filename = trainer.strategy.broadcast(self.config_filename)
         super().setup(trainer, pl_module, stage)
+
+
+def interactive() -> bool:
+    """Both stdout and stderr are terminals: a progress bar (stdout) and warnings (stderr) are seen as such."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
 
 
 def _minutes(seconds: float) -> str:
@@ -124,7 +130,7 @@ def _minutes(seconds: float) -> str:
 
 
 class ProgressLog(Callback):
-    """One plain line every ``every_n_steps`` optimizer steps when stderr is not a terminal
+    """One plain line every ``every_n_steps`` optimizer steps when stdout or stderr is not a terminal
     (``make fit > log``, nohup, CI), where a progress bar would be one long line of carriage returns::
 
         step 400/5685 (7.0%) epoch 0 train_loss 0.3121 | 2m05s elapsed, 27m32s left
@@ -143,7 +149,7 @@ class ProgressLog(Callback):
         self._start = None
 
     def _active(self) -> bool:
-        return self.always or not sys.stderr.isatty()
+        return self.always or not interactive()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = (time.monotonic(), trainer.global_step)

@@ -26,7 +26,7 @@ import torch
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from lora_lightning.callbacks import ResumeSafeSaveConfig
+from lora_lightning.callbacks import ResumeSafeSaveConfig, interactive
 from lora_lightning.checkpoint import STRUCTURE_OPTIONS, check_checkpoint, normalise_hparam
 from lora_lightning.data import SST2DataModule
 from lora_lightning.errors import LoRALightningError, OptionError
@@ -173,7 +173,7 @@ class LoRACLI(LightningCLI):
                 init["save_dir"] = str(Path(trainer["default_root_dir"]) / init["save_dir"])
         if self.subcommand == "fit" and config.get("ckpt_path") and init is not None and init.get("version") is None:
             self._continue_run_folder(Path(config["ckpt_path"]), init)
-        if trainer.get("enable_progress_bar") is None and not sys.stderr.isatty():
+        if trainer.get("enable_progress_bar") is None and not interactive():
             trainer["enable_progress_bar"] = False  # a file gets ProgressLog's plain lines instead
 
     @staticmethod
@@ -196,9 +196,10 @@ class LoRACLI(LightningCLI):
     def after_fit(self) -> None:
         """Say where the run went, and the commands that come next."""
         trainer = self.trainer
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank calls it
         if not trainer.is_global_zero:
             return
-        lines = [f"Run folder: {trainer.log_dir}"]
+        lines = [f"Run folder: {log_dir}"]
         ckpt = trainer.checkpoint_callback
         if ckpt is not None:
             if ckpt.best_model_path:
@@ -210,10 +211,10 @@ class LoRACLI(LightningCLI):
                 lines.append(f"Last checkpoint (step {trainer.global_step}): {ckpt.last_model_path}")
             best = ckpt.best_model_path or ckpt.last_model_path
             if best:
-                configs = sorted(Path(trainer.log_dir).glob("config*.yaml"), key=lambda p: p.stat().st_mtime)
+                configs = sorted(Path(log_dir).glob("config*.yaml"), key=lambda p: p.stat().st_mtime)
                 run_config = f"--config {configs[-1]} " if configs else ""
                 lines += ["Next:",
-                          f"  tensorboard --logdir {Path(trainer.log_dir).parent.parent}",
+                          f"  tensorboard --logdir {Path(log_dir).parent.parent}",
                           f"  python -m lora_lightning validate {run_config}--ckpt_path {best}",
                           f"  python -m lora_lightning test {run_config}--ckpt_path {best}"]
         print("\n".join(lines), flush=True)

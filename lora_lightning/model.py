@@ -316,6 +316,12 @@ class LoRAClassifier(pl.LightningModule):
         self.log(f"{stage}_loss", mean_loss, prog_bar=True, batch_size=labels.numel())
         self.log_dict(metrics, prog_bar=True, batch_size=labels.numel())
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_loss.reset()  # states made under this loop's grad mode (inference tensors can't be updated in place otherwise)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_loss.reset()
+
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Class probabilities ``(B, 2)`` (softmax of the logits)."""
         return self(**{k: v for k, v in batch.items() if k != "labels"}).softmax(-1)

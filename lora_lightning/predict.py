@@ -52,6 +52,7 @@ class SST2PredictionWriter(BasePredictionWriter):
             raise OutputExistsError(f"{path} exists: pick another output_path or set overwrite: true")
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        path = self._path(trainer)  # every rank: trainer.log_dir is a broadcast under DDP
         probs = torch.cat([p for p in predictions]).float().cpu()  # (N_rank, num_labels), in loader order
         order = torch.tensor(_flatten(batch_indices), dtype=torch.long)  # dataset index of each prediction
         if trainer.world_size > 1:  # each process predicted its share (C20): gather them on rank 0
@@ -69,7 +70,6 @@ class SST2PredictionWriter(BasePredictionWriter):
             raise RuntimeError(f"{len(probs)} predictions for {len(rows)} input rows")
         labels = probs.argmax(-1).tolist()
         id2label = pl_module.model.config.id2label
-        path = self._path(trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)

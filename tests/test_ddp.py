@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,31 +42,74 @@ def test_ddp_two_cpu_processes(tmp_path, tiny_model_dir, toy_glue_dir):
     assert float(best) >= 0.9
 
 
-def run_ok(cmd, env):
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+def run_ok(cmd, env, cwd=None):
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
-def fit_command(tmp_path, tiny_model_dir, toy_glue_dir, name, *extra, version="0"):
+def fit_command(tmp_path, tiny_model_dir, toy_glue_dir, name, *extra):
+    """A 3-epoch toy run (180 train rows / batch 4 = 45 steps per epoch, 135 in all) whose lr of 0.3
+    makes val_acc go 0.3, 0.7, 0.3 (field case C21): the best epoch is not the last one."""
     return [
-        sys.executable, "-m", "lora_lightning", "fit", "--config", str(ROOT / "configs/sst2.yaml"),
-        "--trainer.accelerator", "cpu", "--trainer.max_epochs", "6", "--trainer.enable_progress_bar", "false",
+        sys.executable, "-m", "lora_lightning", "fit", "--config", "sst2.yaml",
+        "--trainer.accelerator", "cpu", "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false",
         "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.name", name,
-        "--trainer.logger.init_args.version", version,
-        "--model.model_name_or_path", tiny_model_dir, "--model.learning_rate", "1e-2",
+        "--model.model_name_or_path", tiny_model_dir, "--model.learning_rate", "0.3",
         "--data.data_dir", toy_glue_dir, "--data.batch_size", "4", *extra,
     ]
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, toy_glue_dir):
-    """Kill -9 `fit` once the first epoch's checkpoint exists; `fit --ckpt_path last.ckpt` finishes with the
-    same adapter weights and the same val_acc checkpoints as an uninterrupted run (CPU, exactly)."""
+def val_accs(run: Path) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = {}
+    for path in sorted(run.glob("events.out.tfevents.*")):
+        events = EventAccumulator(str(path))
+        events.Reload()
+        values.update({e.step: e.value for e in events.Scalars("val_acc")} if "val_acc" in events.Tags()["scalars"] else {})
+    return [values[k] for k in sorted(values)]
+
+
+def best_of(ckpt: dict) -> dict:
+    return [v for k, v in ckpt["callbacks"].items() if "ModelCheckpoint" in k][0]
+
+
+def assert_same_run(full_dir: Path, resumed_dir: Path) -> None:
+    """Same weights, step, best checkpoint (by name in its run folder) and best val_acc, exactly (CPU)."""
+    full = torch.load(full_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert full["global_step"] == resumed["global_step"] == 135 and full["epoch"] == resumed["epoch"]
+    assert full["state_dict"].keys() == resumed["state_dict"].keys()
+    assert all(torch.equal(full["state_dict"][k], resumed["state_dict"][k]) for k in full["state_dict"])
+    assert Path(best_of(full)["best_model_path"]).name == Path(best_of(resumed)["best_model_path"]).name
+    assert best_of(full)["best_model_score"] == best_of(resumed)["best_model_score"]
+    assert sorted(p.name for p in (full_dir / "checkpoints").iterdir()) == sorted(p.name for p in (resumed_dir / "checkpoints").iterdir())
+    assert val_accs(full_dir) == val_accs(resumed_dir)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_dir, toy_glue_dir):
+    """The uninterrupted 3-epoch run; C21: last.ckpt is its end (step 135), not the best epoch."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    run_ok(fit_command(tmp, tiny_model_dir, toy_glue_dir, "full"), {**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp)
+    run = tmp / "full" / "version_0"
+    accs = val_accs(run)
+    assert len(accs) == 3 and accs[2] < max(accs[:2]), accs  # val_acc does not rise every epoch
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 135 and last["epoch"] == 2  # the end, though the best epoch came before
+    assert "step=135" not in best_of(last)["best_model_path"]
+    return run
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, toy_glue_dir, uninterrupted):
+    """Kill -9 `fit` once the first epoch's checkpoint exists; `fit --ckpt_path last.ckpt` continues the same
+    run in the same folder and ends as the uninterrupted run does."""
     import signal
     import time
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run_ok(fit_command(tmp_path, tiny_model_dir, toy_glue_dir, "full"), env)
-    killed = subprocess.Popen(fit_command(tmp_path, tiny_model_dir, toy_glue_dir, "killed"), env=env,
+    killed = subprocess.Popen(fit_command(tmp_path, tiny_model_dir, toy_glue_dir, "killed"), env=env, cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "killed" / "version_0" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
@@ -75,13 +119,62 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, toy_
     killed.wait()
     assert killed.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     torch.load(last, map_location="cpu", weights_only=True)  # what the kill left is loadable
-    # the resumed run logs to a new version folder, as a user's would: nothing of the killed run is overwritten
-    run_ok(fit_command(tmp_path, tiny_model_dir, toy_glue_dir, "killed", "--ckpt_path", str(last), version="1"), env)
-    full = torch.load(tmp_path / "full" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
-    resumed = torch.load(tmp_path / "killed" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert full["global_step"] == resumed["global_step"] > 0
-    assert full["state_dict"].keys() == resumed["state_dict"].keys()
-    assert all(torch.equal(full["state_dict"][k], resumed["state_dict"][k]) for k in full["state_dict"])
-    assert full["epoch"] == resumed["epoch"]
-    score = lambda c: [v["best_model_score"] for k, v in c["callbacks"].items() if "ModelCheckpoint" in k][0]  # noqa: E731
-    assert score(full) == score(resumed)  # the same best val_acc
+    run_ok(fit_command(tmp_path, tiny_model_dir, toy_glue_dir, "killed", "--ckpt_path", str(last)), env, cwd=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == ["version_0"]  # the same run folder
+    assert_same_run(uninterrupted, tmp_path / "killed" / "version_0")
+
+
+def test_ctrl_c_mid_epoch_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, toy_glue_dir, uninterrupted):
+    """A real SIGINT at step 70 (mid-epoch 2 of 3): fit exits, leaving last.ckpt at step 70; resuming from it
+    continues mid-epoch with the batches and dropout an uninterrupted run would have, to the same end."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(fit_command(tmp_path, tiny_model_dir, toy_glue_dir, "ctrl-c", "--trainer.callbacks+=rank_probe.InterruptAt",
+                                      "--trainer.callbacks.step=70"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = tmp_path / "ctrl-c" / "version_0" / "checkpoints" / "last.ckpt"
+    assert "KeyboardInterrupt: saved the state at step 70" in proc.stderr + proc.stdout
+    assert torch.load(last, weights_only=True)["global_step"] == 70
+    resumed = run_ok(fit_command(tmp_path, tiny_model_dir, toy_glue_dir, "ctrl-c", "--ckpt_path", str(last)), env, cwd=tmp_path)
+    assert "not resumable" not in resumed.stderr and "exists and is not empty" not in resumed.stderr
+    assert sorted(p.name for p in (tmp_path / "ctrl-c" / "version_0").glob("config*.yaml")) == ["config.resume-1.yaml", "config.yaml"]
+    assert_same_run(uninterrupted, tmp_path / "ctrl-c" / "version_0")
+
+
+@pytest.mark.parametrize("stage", ["validate", "test", "predict"])
+def test_evaluation_stages_with_two_processes_match_one(stage, tmp_path, tiny_ckpt, tiny_model_dir, toy_glue_dir):
+    """C20: validate, test and predict with two CPU processes (ddp) give the one-process numbers and file:
+    every sentence once (15 val/test rows: ranks of 8 and 7, nothing repeated), predictions in input order."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    results = {}
+    for devices in ("1", "2"):
+        out = tmp_path / devices
+        out.mkdir()
+        cmd = [sys.executable, "-m", "lora_lightning", stage, "--config", "sst2.yaml",
+               "--trainer.accelerator", "cpu", "--trainer.devices", devices, "--trainer.enable_progress_bar", "false",
+               "--trainer.logger.init_args.save_dir", str(out / "logs"),
+               "--trainer.callbacks+=rank_probe.SaveMetrics", f"--trainer.callbacks.out_dir={out}",
+               "--model.model_name_or_path", tiny_model_dir, "--data.data_dir", toy_glue_dir,
+               "--data.max_eval_samples", "15", "--data.eval_batch_size", "4", "--ckpt_path", tiny_ckpt]
+        if devices == "2":
+            cmd += ["--trainer.strategy", "ddp"]
+        run_ok(cmd, env, cwd=out)
+        if stage == "predict":
+            files = list((out / "logs").rglob("predictions.tsv"))
+            assert len(files) == 1
+            results[devices] = files[0].read_text()
+        else:
+            import json
+
+            results[devices] = [json.loads((out / f"{stage}-rank{r}.json").read_text()) for r in range(int(devices))]
+    if stage == "predict":
+        lines = results["1"].splitlines()
+        assert len(lines) == 11 and lines[0] == "index\tprediction" and [l.split("\t")[0] for l in lines[1:]] == [str(i) for i in range(10)]
+        assert results["2"] == results["1"]
+    else:
+        one = results["1"][0]
+        for rank in results["2"]:
+            assert rank.keys() == one.keys()
+            for key in one:
+                assert abs(rank[key] - one[key]) < 1e-6, (key, rank[key], one[key])
