@@ -376,7 +376,8 @@ class SST2DataModule(pl.LightningDataModule):
                               f"model's embedding table has {vocab_size} rows (a tokenizer from another model?)")
 
     def _warn_truncation(self, ds: Dataset) -> None:
-        lengths = [len(ids) for ids in self.tokenizer(list(ds["sentence"]))["input_ids"]]
+        # verbose=False: no "longer than the specified maximum ... indexing errors" when we do truncate
+        lengths = [len(ids) for ids in self.tokenizer(list(ds["sentence"]), verbose=False)["input_ids"]]
         n = sum(length > self.hparams.max_length for length in lengths)
         if n:
             rank_zero_warn(f"{n} of {len(lengths)} predict sentences are longer than max_length="
