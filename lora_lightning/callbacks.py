@@ -154,6 +154,13 @@ class ProgressLog(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = (time.monotonic(), trainer.global_step)
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._active() or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        shown = " ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+        rank_zero_info(f"epoch {trainer.current_epoch} step {trainer.global_step}: {shown}")
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
         if not self._active() or self._start is None or step == self._start[1] or step % self.every_n_steps:

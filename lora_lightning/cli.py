@@ -29,7 +29,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from lora_lightning.callbacks import ResumeSafeSaveConfig, interactive
 from lora_lightning.checkpoint import STRUCTURE_OPTIONS, check_checkpoint, normalise_hparam
 from lora_lightning.data import SST2DataModule
-from lora_lightning.errors import LoRALightningError, OptionError
+from lora_lightning.errors import LoRALightningError, LoRALightningWarning, OptionError
 from lora_lightning.model import LoRAClassifier
 
 CONFIG_DIRS = (Path(__file__).resolve().parent / "configs",)
@@ -149,19 +149,27 @@ class LoRACLI(LightningCLI):
             if given is not None and normalise_hparam(given) != normalise_hparam(saved[name]):
                 why = " (its optimizer and schedule state go on from it)" if name in TRAINING_OPTIONS else ""
                 rank_zero_warn(f"--ckpt_path: using the checkpoint's model.{name}={saved[name]!r}, "
-                               f"not model.{name}={given!r} from the config / command line{why}")
+                               f"not model.{name}={given!r} from the config / command line{why}", category=LoRALightningWarning)
             updates[name] = saved[name]
         if updates:
             self.config = self.parser.parse_object({subcommand: {"model": updates}}, self.config)
         run_data = ckpt.get("datamodule_hyper_parameters", {})
         run_config = Path(ckpt_path).resolve().parent.parent / "config.yaml"
         match = f"--config {run_config}" if run_config.is_file() else "the same --data options"
+        resumed = {}
         for name in DATA_OPTIONS.get(subcommand, ()):
             given = self.config[subcommand]["data"].get(name)
             if name in run_data and normalise_hparam(given) != normalise_hparam(run_data[name]):
-                rank_zero_warn(f"--ckpt_path: data.{name}={given!r} here, but the checkpoint's run used "
-                               f"data.{name}={run_data[name]!r}, so this {subcommand} sees other sentences than "
-                               f"that run did (pass {match} to match it)")
+                if subcommand == "fit":  # a resumed run goes on with the data it was trained on
+                    resumed[name] = run_data[name]
+                    rank_zero_warn(f"--ckpt_path: resuming with the checkpoint's run's data.{name}={run_data[name]!r}, "
+                                   f"not data.{name}={given!r} from the config / command line", category=LoRALightningWarning)
+                else:
+                    rank_zero_warn(f"--ckpt_path: data.{name}={given!r} here, but the checkpoint's run used "
+                                   f"data.{name}={run_data[name]!r}, so this {subcommand} sees other sentences than "
+                                   f"that run did (pass {match} to match it)", category=LoRALightningWarning)
+        if resumed:
+            self.config = self.parser.parse_object({subcommand: {"data": resumed}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -220,6 +228,40 @@ class LoRACLI(LightningCLI):
         print("\n".join(lines), flush=True)
 
 
+    def _say_where(self) -> None:
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank calls it
+        if self.trainer.is_global_zero and log_dir is not None:
+            print(f"Run folder: {log_dir}", flush=True)
+
+    after_validate = after_test = after_predict = _say_where
+
+
+def quiet_for_files() -> None:
+    """Messages fit for a log file: our warnings as one line without a source path, no download-style
+    progress bars when the output is not a terminal, and no advertisement among Lightning's info lines."""
+    import logging
+    import warnings
+
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, LoRALightningWarning):
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    for handler in logging.getLogger("pytorch_lightning").handlers + logging.getLogger("lightning.pytorch").handlers:
+        handler.addFilter(lambda record: not str(record.msg).startswith("💡 Tip"))
+    if not interactive():
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+
+
 def cli_main(args: list[str] | None = None, run: bool = True) -> LoRACLI:
     """Build and run the CLI. ``args`` as on the command line (``None``: ``sys.argv``).
 
@@ -246,6 +288,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> LoRACLI:
 def main(args: list[str] | None = None) -> int:
     """``cli_main`` (or ``export``) for the shell: a ``LoRALightningError`` prints as one line, exit status 2."""
     argv = sys.argv[1:] if args is None else args
+    quiet_for_files()
     try:
         if argv[:1] == ["export"]:
             from lora_lightning.export import export_main

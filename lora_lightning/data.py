@@ -22,12 +22,12 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from datasets import Dataset, DatasetDict, Features, Value, load_dataset
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, DataCollatorWithPadding, PretrainedConfig
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from lora_lightning.errors import DataFileError, OptionError
+from lora_lightning.errors import DataFileError, LoRALightningWarning, OptionError
 from lora_lightning.hub import hub_error, load_tokenizer, resolve_model_path
 from lora_lightning.loaders import ResumableDataLoader, ShardedOrderSampler
 
@@ -347,8 +347,11 @@ class SST2DataModule(pl.LightningDataModule):
         if hp.max_train_samples is not None:
             parts["train"] = parts["train"].select(range(min(hp.max_train_samples, len(parts["train"]))))
         if hp.max_eval_samples is not None:
+            sizes = {k: len(parts[k]) for k in ("val", "test")}
             for k in ("val", "test"):
                 parts[k] = parts[k].select(range(min(hp.max_eval_samples, len(parts[k]))))
+            rank_zero_info(f"data.max_eval_samples={hp.max_eval_samples}: val uses {len(parts['val']):,} of "
+                           f"{sizes['val']:,} sentences, test {len(parts['test']):,} of {sizes['test']:,}")
         self.datasets = {k: self._tokenize(ds) for k, ds in parts.items()}
 
     def _check_model_fits(self) -> None:
@@ -381,7 +384,7 @@ class SST2DataModule(pl.LightningDataModule):
         n = sum(length > self.hparams.max_length for length in lengths)
         if n:
             rank_zero_warn(f"{n} of {len(lengths)} predict sentences are longer than max_length="
-                           f"{self.hparams.max_length} tokens and are truncated")
+                           f"{self.hparams.max_length} tokens and are truncated", category=LoRALightningWarning)
 
     def predict_rows(self) -> Dataset:
         """The raw ``predict`` rows (``sentence``, and ``index`` for GLUE's test.tsv), in input order."""

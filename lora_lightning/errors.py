@@ -30,3 +30,9 @@ class OutputExistsError(LoRALightningError, FileExistsError):
 
 class TrainingDivergedError(LoRALightningError, FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class LoRALightningWarning(UserWarning):
+    """Something a user should know but that does not stop the run (an option overridden by a
+    checkpoint, data that differs from the checkpoint's run, truncated sentences). The command line
+    prints it as one line, ``warning: ...``, without a source path."""

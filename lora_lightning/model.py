@@ -19,7 +19,7 @@ from transformers import AutoModelForSequenceClassification
 from transformers.utils import logging as hf_logging
 
 from lora_lightning.checkpoint import check_options, fill_frozen, keep_trainable
-from lora_lightning.errors import CheckpointError, OptionError, TrainingDivergedError
+from lora_lightning.errors import CheckpointError, LoRALightningWarning, OptionError, TrainingDivergedError
 from lora_lightning.hub import hub_error, resolve_model_path
 from lora_lightning.lora import count_parameters, inject_lora, mark_only_lora_as_trainable, merge_lora, unmerge_lora
 
@@ -345,7 +345,11 @@ class LoRAClassifier(pl.LightningModule):
             f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
         )
         if self.logger is not None:
-            params = {**self.hparams, "trainable_params": trainable, "total_params": total}
+            params = {k: v for k, v in self.hparams.items() if not k.startswith("_")}  # not LightningCLI's _instantiator
+            datamodule = getattr(self.trainer, "datamodule", None)
+            if datamodule is not None:  # the data options too, for the HPARAMS tab
+                params.update({f"data.{k}": v for k, v in datamodule.hparams.items() if k != "model_name_or_path"})
+            params.update(trainable_params=trainable, total_params=total)
             self.logger.log_hyperparams(params)
             if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
                 register_hparams_metric(self.logger, params, "hp/val_acc")
@@ -402,7 +406,7 @@ class LoRAClassifier(pl.LightningModule):
         check_options(saved, hp)
         if saved.get("model_name_or_path", hp.model_name_or_path) != hp.model_name_or_path:
             rank_zero_warn(f"checkpoint was trained on model.model_name_or_path={saved['model_name_or_path']!r}, "
-                           f"this run loads {hp.model_name_or_path!r}")
+                           f"this run loads {hp.model_name_or_path!r}", category=LoRALightningWarning)
         model = f"model: {hp.model_name_or_path}, r={hp.r}, target_modules={list(hp.target_modules)}"
         fill_frozen(state, self.trainable_state_keys(), self.state_dict(), model)
 
@@ -461,4 +465,4 @@ class LoRAClassifier(pl.LightningModule):
         timers = [c for c in self.trainer.callbacks if isinstance(c, Timer) and c._duration is not None]
         if timers:
             rank_zero_warn(f"trainer.max_time={timers[0]._duration:.0f} s: the learning rate decays over {int(total)} steps "
-                           "(max_epochs / max_steps); a run stopped by max_time ends before the decay does")
+                           "(max_epochs / max_steps); a run stopped by max_time ends before the decay does", category=LoRALightningWarning)

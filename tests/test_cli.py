@@ -192,9 +192,32 @@ def test_ckpt_path_takes_runtime_options_and_says_what_differs(tmp_path, monkeyp
     assert len(cli.datamodule.datasets["val"]) == 7
 
 
-def test_resumed_fit_keeps_the_checkpoints_optimizer_options(tmp_path, monkeypatch, tiny_ckpt, tiny_model_dir, toy_glue_dir):
+def test_resumed_fit_keeps_the_checkpoints_optimizer_and_data_options(tmp_path, monkeypatch, tiny_ckpt, tiny_model_dir, toy_glue_dir):
+    """A resumed fit goes on as its run did: the checkpoint's learning rate and data options, each said in one line."""
     monkeypatch.chdir(tmp_path)
-    with pytest.warns(UserWarning, match=r"using the checkpoint's model.learning_rate=0.01, not model.learning_rate=0.5"):
+    with pytest.warns(UserWarning) as caught:
         cli = cli_main(["fit", *tiny_args(tmp_path, tiny_model_dir, toy_glue_dir, "--model.learning_rate", "0.5",
-                                          "--trainer.max_steps", "8", "--ckpt_path", tiny_ckpt)])
+                                          "--data.max_train_samples", "50", "--trainer.max_steps", "8",
+                                          "--ckpt_path", tiny_ckpt)])
+    messages = [str(w.message) for w in caught]
+    assert any("using the checkpoint's model.learning_rate=0.01, not model.learning_rate=0.5" in m for m in messages)
+    assert any("resuming with the checkpoint's run's data.max_train_samples=None, not data.max_train_samples=50" in m
+               for m in messages)
     assert cli.model.hparams.learning_rate == 0.01 and cli.trainer.global_step == 8
+    assert cli.datamodule.hparams.max_train_samples is None and len(cli.datamodule.datasets["train"]) == 180
+
+
+def test_warnings_print_as_one_line_without_a_source_path(tmp_path, tiny_ckpt, tiny_model_dir, toy_glue_dir):
+    """From the shell, our warnings read `warning: ...` (not `.../cli.py:151: UserWarning: ...`), and an
+    evaluation run says where it wrote."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "lora_lightning", "validate",
+                           *tiny_args(tmp_path, tiny_model_dir, toy_glue_dir, "--model.r", "8", "--ckpt_path", tiny_ckpt)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "warning: --ckpt_path: using the checkpoint's model.r=4, not model.r=8" in proc.stderr
+    assert "cli.py" not in proc.stderr and "LeafSpec" not in proc.stderr and "Tip" not in proc.stderr
+    assert "Run folder: lightning_logs/sst2/version_0" in proc.stdout

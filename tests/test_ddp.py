@@ -92,8 +92,11 @@ def assert_same_run(full_dir: Path, resumed_dir: Path) -> None:
 def uninterrupted(tmp_path_factory, tiny_model_dir, toy_glue_dir):
     """The uninterrupted 3-epoch run; C21: last.ckpt is its end (step 135), not the best epoch."""
     tmp = tmp_path_factory.mktemp("uninterrupted")
-    run_ok(fit_command(tmp, tiny_model_dir, toy_glue_dir, "full"), {**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp)
+    proc = run_ok(fit_command(tmp, tiny_model_dir, toy_glue_dir, "full"), {**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp)
     run = tmp / "full" / "version_0"
+    # output to a pipe: plain progress lines (step, loss, time left) and each validation, no progress bar
+    assert "step 100/135 (74.1%) epoch 2 train_loss" in proc.stderr and " left" in proc.stderr
+    assert "epoch 1 step 90: val_acc 0.7000" in proc.stderr and "\r" not in proc.stdout + proc.stderr
     accs = val_accs(run)
     assert len(accs) == 3 and accs[2] < max(accs[:2]), accs  # val_acc does not rise every epoch
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
