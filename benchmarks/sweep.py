@@ -13,7 +13,12 @@ again, so an interrupted sweep picks up where it stopped.
 2. The rank sweep at the learning rate with the best ``val_acc`` (chosen on val, never on dev):
    r in {1, 2, 4, 8, 16} on query+value with ``lora_alpha`` fixed at 16 (Hu et al. 2021 set
    alpha once and do not retune it per r), and r=8 on every attention and feed-forward Linear.
-3. Full fine-tuning of the same model (``--model.finetune full``, lr 5e-5) as the ceiling.
+3. Full fine-tuning of the same model (``--model.finetune full``, lr 5e-5) as the ceiling, and
+   its learning-rate check (2e-5, 1e-4): ``--rows full-lr``.
+4. The recipe study (issue 11, ``--rows variants``): plain / rsLoRA / DoRA / LoRA+ at r=4 on
+   query+value and at r=4 and r=8 on all Linears, backbone dropout 0, ``train_pooler``, at the lr
+   check's winner; and an lr check (5e-4, 2e-3) for the two variants that change the effective step
+   (rsLoRA, LoRA+): ``--rows variant-lr``.
 
 Then the plot (``--png``): x = trainable parameters (log), y = GLUE dev accuracy. It needs
 matplotlib (``pip install -e ".[bench]"``).
@@ -36,7 +41,7 @@ from lora_lightning.lora import count_parameters
 LEARNING_RATES = {"lr3e-4": 3e-4, "lr1e-3": 1e-3, "lr3e-3": 3e-3}
 ALL_LINEARS = ["query", "key", "value", "output.dense", "intermediate.dense"]  # not the pooler's dense
 FULL_FINETUNE_LR = 5e-5
-FIELDS = ["row", "finetune", "r", "lora_alpha", "target_modules", "learning_rate", "epochs",
+FIELDS = ["row", "finetune", "variant", "r", "lora_alpha", "target_modules", "learning_rate", "epochs",
           "trainable_params", "total_params", "trainable_pct", "val_acc", "dev_acc", "dev_f1", "dev_n",
           "fit_minutes", "machine", "date", "command"]
 
@@ -47,8 +52,14 @@ def row_options(row: str, best_lr: float | None) -> dict:
         return {"r": 4, "learning_rate": LEARNING_RATES[row]}
     if row == "full":
         return {"finetune": "full", "learning_rate": FULL_FINETUNE_LR}
+    if row in FULL_LR_ROWS:
+        return {"finetune": "full", "learning_rate": FULL_LR_ROWS[row]}
+    if row in VARIANT_LR_ROWS:
+        return {"r": 4, **VARIANT_LR_ROWS[row]}
     if best_lr is None:
         raise ValueError(f"row {row!r} needs the whole learning-rate check first: run --rows lr")
+    if row in VARIANT_ROWS:
+        return {"r": 4, "learning_rate": best_lr, **VARIANT_ROWS[row]}
     if row == "r8-all":
         return {"r": 8, "target_modules": ALL_LINEARS, "learning_rate": best_lr}
     if row.startswith("r") and row[1:].isdigit():
@@ -56,7 +67,24 @@ def row_options(row: str, best_lr: float | None) -> dict:
     raise ValueError(f"unknown sweep row {row!r}: expected {', '.join(ROWS)}")
 
 
-ROWS = [*LEARNING_RATES, "r1", "r2", "r4", "r8", "r16", "r8-all", "full"]
+# issue 11's recipe study: each row's options on top of r=4 / query+value at the lr check's winner
+RSLORA, DORA, LORAPLUS = {"use_rslora": True}, {"use_dora": True}, {"loraplus_lr_ratio": 16.0}  # Hayou et al.'s 16
+VARIANT_ROWS = {
+    "rslora-r4": RSLORA, "dora-r4": DORA, "loraplus-r4": LORAPLUS,
+    "r4-all": {"target_modules": ALL_LINEARS},
+    "rslora-r4-all": {"target_modules": ALL_LINEARS, **RSLORA}, "dora-r4-all": {"target_modules": ALL_LINEARS, **DORA},
+    "loraplus-r4-all": {"target_modules": ALL_LINEARS, **LORAPLUS},
+    "rslora-r8-all": {"r": 8, "target_modules": ALL_LINEARS, **RSLORA},
+    "dora-r8-all": {"r": 8, "target_modules": ALL_LINEARS, **DORA},
+    "loraplus-r8-all": {"r": 8, "target_modules": ALL_LINEARS, **LORAPLUS},
+    "dropout0-r4": {"backbone_dropout": 0.0}, "pooler-r4": {"train_pooler": True},
+}
+VARIANT_LR_ROWS = {f"{name}-lr{lr}": {**options, "learning_rate": float(lr)}
+                   for name, options in (("rslora-r4", RSLORA), ("loraplus-r4", LORAPLUS)) for lr in ("5e-4", "2e-3")}
+FULL_LR_ROWS = {"full-lr2e-5": 2e-5, "full-lr1e-4": 1e-4}
+GROUPS = {"lr": list(LEARNING_RATES), "variants": list(VARIANT_ROWS), "variant-lr": list(VARIANT_LR_ROWS),
+          "full-lr": list(FULL_LR_ROWS)}
+ROWS = [*LEARNING_RATES, "r1", "r2", "r4", "r8", "r16", "r8-all", "full", *FULL_LR_ROWS, *VARIANT_ROWS, *VARIANT_LR_ROWS]
 
 
 def cli_args(options: dict, epochs: int, log_dir: str, version: str, config: str, extra: list[str]) -> list[str]:
@@ -82,7 +110,8 @@ def run_row(row: str, options: dict, epochs: int, log_dir: str, config: str, ext
     hp = cli.model.hparams
     lora = hp.finetune == "lora"
     return {
-        "row": row, "finetune": hp.finetune, "r": hp.r if lora else "", "lora_alpha": hp.lora_alpha if lora else "",
+        "row": row, "finetune": hp.finetune, "variant": variant_name(hp),
+        "r": hp.r if lora else "", "lora_alpha": hp.lora_alpha if lora else "",
         "target_modules": "+".join(hp.target_modules) if lora else "all weights",
         "learning_rate": hp.learning_rate, "epochs": epochs, "trainable_params": trainable,
         "total_params": total, "trainable_pct": round(100 * trainable / total, 4),
@@ -95,12 +124,33 @@ def run_row(row: str, options: dict, epochs: int, log_dir: str, config: str, ext
     }
 
 
+def variant_name(hp) -> str:
+    """What a row changes besides r, targets and lr: ``plain``, or e.g. ``dora``, ``loraplus16``, ``dropout0``."""
+    parts = [name for name in ("rslora", "dora") if hp.get(f"use_{name}")]
+    if hp.get("loraplus_lr_ratio"):
+        parts.append(f"loraplus{hp['loraplus_lr_ratio']:g}")
+    if hp.get("backbone_dropout") is not None:
+        parts.append(f"dropout{hp['backbone_dropout']:g}")
+    if hp.get("train_pooler"):
+        parts.append("pooler")
+    return "+".join(parts) or "plain"
+
+
 def read_csv(path: Path) -> list[dict]:
-    """The rows already measured (empty when the file does not exist)."""
+    """The rows already measured (empty when the file does not exist). A file written before a column
+    existed is rewritten once with today's columns (the new ones empty, ``variant`` as ``plain``)."""
     if not path.exists():
         return []
     with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        records, header = list(reader), reader.fieldnames
+    if header != FIELDS:
+        records = [{**{k: "" for k in FIELDS}, "variant": "plain", **r} for r in records]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(records)
+    return records
 
 
 def best_learning_rate(records: list[dict]) -> float | None:
@@ -143,7 +193,16 @@ def plot(records: list[dict], png: Path) -> None:
         ax.errorbar([int(r["trainable_params"]) for r in lr_rows], [float(r["dev_acc"]) for r in lr_rows],
                     yerr=[standard_error(r) for r in lr_rows], fmt="x", color="grey", capsize=3,
                     label="lr check, r=4 on query+value")
-    for r in [*line, *lr_rows, *(by_row[k] for k in ("r8-all", "full") if k in by_row)]:
+    study = [r for r in records if r["row"] in VARIANT_ROWS or r["row"] in VARIANT_LR_ROWS or r["row"] in FULL_LR_ROWS]
+    for marker, label, keep in (("D", "DoRA", "dora"), ("^", "rsLoRA", "rslora"), ("v", "LoRA+", "loraplus"),
+                                ("o", "other options (r4-all, dropout0, pooler)", None), ("*", None, "full-lr")):
+        chosen = [r for r in study if (keep == "full-lr" and r["row"] in FULL_LR_ROWS) or (keep is None and
+                  r["row"] in ("r4-all", "dropout0-r4", "pooler-r4")) or (keep not in (None, "full-lr") and r["row"].startswith(keep))]
+        if chosen:
+            ax.errorbar([int(r["trainable_params"]) for r in chosen], [float(r["dev_acc"]) for r in chosen],
+                        yerr=[standard_error(r) for r in chosen], fmt=marker, capsize=3, alpha=0.8,
+                        label=label or "full fine-tuning, other lr")
+    for r in [*line, *lr_rows, *study, *(by_row[k] for k in ("r8-all", "full") if k in by_row)]:
         left = r in lr_rows  # the lr rows share r4's x: label them on the other side
         ax.annotate(r["row"], (int(r["trainable_params"]), float(r["dev_acc"])), textcoords="offset points",
                     xytext=(-6, -3) if left else (4, -12), ha="right" if left else "left", fontsize=8)
@@ -168,8 +227,8 @@ def main(rows: str = "all", epochs: int = 1, csv_path: str = "benchmarks/results
     """Run the rows not yet in ``csv_path``, append each as it finishes, redraw ``png``.
 
     Args:
-        rows: comma-separated row names, ``lr`` (the three learning-rate rows) or ``all``; the rows are
-            lr3e-4, lr1e-3, lr3e-3, r1, r2, r4, r8, r16, r8-all, full (rank rows need the lr rows first).
+        rows: comma-separated row names or groups (``lr``, ``variants``, ``variant-lr``, ``full-lr``,
+            ``all``); the rows are ``ROWS`` (rank and variant rows need the lr rows first).
         epochs: epochs per row.
         csv_path: results file, read first (its rows are not run again) and appended to.
         png: the plot to (re)draw.
@@ -180,10 +239,10 @@ def main(rows: str = "all", epochs: int = 1, csv_path: str = "benchmarks/results
     Raises:
         ValueError: an unknown row, or a rank row before the learning-rate check.
     """
-    wanted = [r for name in rows.split(",") for r in (list(LEARNING_RATES) if name == "lr" else ROWS if name == "all" else [name])]
+    wanted = [r for name in rows.split(",") for r in GROUPS.get(name, ROWS if name == "all" else [name])]
     for name in wanted:
         if name not in ROWS:
-            raise ValueError(f"unknown sweep row {name!r}: expected one of lr, all, {', '.join(ROWS)}")
+            raise ValueError(f"unknown sweep row {name!r}: expected one of {', '.join(GROUPS)}, all, {', '.join(ROWS)}")
     path = Path(csv_path)
     records = read_csv(path)
     for row in wanted:
@@ -209,9 +268,9 @@ def main(rows: str = "all", epochs: int = 1, csv_path: str = "benchmarks/results
         print(f"sweep: {row}: val_acc {record['val_acc']}, dev_acc {record['dev_acc']}, "
               f"{record['trainable_params']:,} trainable, {record['fit_minutes']} min")
     plot(records, Path(png))
-    print(f"{'row':8} {'trainable':>11} {'%':>8} {'lr':>8} {'val_acc':>8} {'dev_acc':>8} {'min':>6}")
+    print(f"{'row':18} {'trainable':>11} {'%':>8} {'lr':>8} {'val_acc':>8} {'dev_acc':>8} {'min':>6}")
     for r in records:
-        print(f"{r['row']:8} {int(r['trainable_params']):>11,} {float(r['trainable_pct']):>8.3f} "
+        print(f"{r['row']:18} {int(r['trainable_params']):>11,} {float(r['trainable_pct']):>8.3f} "
               f"{float(r['learning_rate']):>8.0e} {float(r['val_acc']):>8.4f} {float(r['dev_acc']):>8.4f} "
               f"{float(r['fit_minutes']):>6.1f}")
     return records

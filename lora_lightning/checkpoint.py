@@ -16,7 +16,9 @@ import torch
 from lora_lightning.errors import CheckpointError
 
 # Options that decide which tensors exist and what they mean: a checkpoint is only valid with its own.
-STRUCTURE_OPTIONS = ("finetune", "r", "lora_alpha", "target_modules", "train_pooler")
+STRUCTURE_OPTIONS = ("finetune", "r", "lora_alpha", "target_modules", "train_pooler", "use_rslora", "use_dora")
+# What the structure options were before they existed as options (older checkpoints).
+STRUCTURE_DEFAULTS = {"finetune": "lora", "use_rslora": False, "use_dora": False}
 
 
 def normalise_hparam(value):
@@ -58,12 +60,12 @@ def keep_trainable(state_dict: Mapping[str, torch.Tensor], trainable: Mapping[st
 def check_options(saved: Mapping, current: Mapping) -> None:
     """Refuse a checkpoint whose structure options (``STRUCTURE_OPTIONS``) differ from the model's.
 
-    Checkpoints from before ``finetune`` existed are LoRA ones.
+    Checkpoints from before an option existed had its default (``STRUCTURE_DEFAULTS``).
 
     Raises:
         CheckpointError: naming ``model.<option>``, both values, and what to pass.
     """
-    saved = {"finetune": "lora", **saved}
+    saved = {**STRUCTURE_DEFAULTS, **saved}
     for name in STRUCTURE_OPTIONS:
         if name in saved and name in current and normalise_hparam(saved[name]) != normalise_hparam(current[name]):
             raise CheckpointError(

@@ -34,7 +34,8 @@ from lora_lightning.model import LoRAClassifier
 
 CONFIG_DIRS = (Path(__file__).resolve().parent / "configs",)
 # Model options that shape what the optimizer state means: a resumed fit keeps the checkpoint's.
-TRAINING_OPTIONS = ("learning_rate", "weight_decay", "warmup_ratio", "lora_dropout")
+TRAINING_OPTIONS = ("learning_rate", "weight_decay", "warmup_ratio", "lora_dropout", "loraplus_lr_ratio",
+                    "backbone_dropout")
 # Data options that decide which sentences a stage sees, per stage.
 DATA_OPTIONS = {
     "fit": ("val_fraction", "seed", "max_train_samples", "max_eval_samples", "max_length", "batch_size"),

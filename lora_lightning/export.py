@@ -29,7 +29,7 @@ from transformers import AutoTokenizer
 
 from lora_lightning.errors import OptionError, OutputExistsError
 from lora_lightning.hub import resolve_model_path
-from lora_lightning.lora import LoRALinear
+from lora_lightning.lora import LORA_PARAMETERS, LoRALinear
 
 
 def unwrap_lora(model: nn.Module) -> nn.Module:
@@ -48,7 +48,8 @@ def unwrap_lora(model: nn.Module) -> nn.Module:
 def peft_adapter(model: nn.Module, hparams: dict, modules_to_save: list[str]) -> tuple[dict, dict]:
     """``(adapter_config, tensors)`` in PEFT's LoRA format for a LoRA-injected HF model.
 
-    Keys are ``base_model.model.<name>.lora_A.weight`` ``(r, in)`` / ``.lora_B.weight`` ``(out, r)``,
+    Keys are ``base_model.model.<name>.lora_A.weight`` ``(r, in)`` / ``.lora_B.weight`` ``(out, r)``
+    (and ``.lora_magnitude_vector`` ``(out,)`` with DoRA; ``use_rslora``/``use_dora`` set in the config),
     and ``base_model.model.<name>`` for every other trainable parameter: those of the modules trained
     in full, listed in ``modules_to_save``. PEFT keeps such a module's trained copy under
     ``<module>.modules_to_save.default.`` and drops that infix when it saves (and restores it when it
@@ -60,8 +61,10 @@ def peft_adapter(model: nn.Module, hparams: dict, modules_to_save: list[str]) ->
         if isinstance(module, LoRALinear):
             tensors[f"base_model.model.{name}.lora_A.weight"] = module.lora_A.detach()
             tensors[f"base_model.model.{name}.lora_B.weight"] = module.lora_B.detach()
+            if module.use_dora:  # PEFT saves DoRA's magnitude without a ".weight" suffix
+                tensors[f"base_model.model.{name}.lora_magnitude_vector"] = module.lora_magnitude.detach()
     for name, p in model.named_parameters():
-        if p.requires_grad and not name.endswith(("lora_A", "lora_B")):
+        if p.requires_grad and not name.endswith(LORA_PARAMETERS):
             tensors[f"base_model.model.{name}"] = p.detach()
     config = {
         "peft_type": "LORA",
@@ -76,8 +79,8 @@ def peft_adapter(model: nn.Module, hparams: dict, modules_to_save: list[str]) ->
         "fan_in_fan_out": False,
         "inference_mode": True,
         "init_lora_weights": True,
-        "use_rslora": False,
-        "use_dora": False,
+        "use_rslora": bool(hparams.get("use_rslora", False)),
+        "use_dora": bool(hparams.get("use_dora", False)),
     }
     return config, {k: v.contiguous().cpu() for k, v in tensors.items()}
 

@@ -22,6 +22,18 @@ Because ``B`` starts at zero the wrapped layer is exactly the original layer at
 initialisation. ``merge()`` folds ``scaling * B @ A`` into ``W0`` for inference at the
 base model's cost; ``unmerge()`` takes it out again.
 
+Two variants, each a few lines beside the plain path:
+
+- rsLoRA (Kalajdzievski 2023, arXiv:2312.03732): ``scaling = lora_alpha / sqrt(r)``, so the
+  update's size does not shrink as ``r`` grows.
+- DoRA (Liu et al. 2024, arXiv:2402.09353): the adapted weight is split into a trained magnitude
+  ``m`` (one per output row) and a direction::
+
+      h = m * (W0 + scaling B A) x / ||W0 + scaling B A||  + b      (row norms, as PEFT takes them)
+
+  ``m`` starts at the row norms of ``W0`` (so the layer is still the original at init), and the norm
+  is treated as a constant in the backward pass (the paper's section 4.3).
+
 This module imports torch only: it knows nothing of transformers or Lightning.
 """
 
@@ -44,6 +56,9 @@ __all__ = [
 ]
 
 
+LORA_PARAMETERS = ("lora_A", "lora_B", "lora_magnitude")  # the parameter names LoRALinear adds
+
+
 class LoRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus a trainable rank-``r`` update ``scaling * B @ A``.
 
@@ -55,11 +70,15 @@ class LoRALinear(nn.Module):
         r: rank of the update, ``>= 1``.
         lora_alpha: numerator of ``scaling = lora_alpha / r``, ``> 0``.
         lora_dropout: dropout probability on the LoRA branch's input, in ``[0, 1)``.
+        use_rslora: ``scaling = lora_alpha / sqrt(r)`` (rsLoRA) instead of ``lora_alpha / r``.
+        use_dora: weight-decomposed LoRA (DoRA): adds the trained magnitude ``lora_magnitude``.
 
     Attributes:
         lora_A: ``(r, in_features)``, Kaiming-uniform (``a=sqrt(5)``) at init.
         lora_B: ``(out_features, r)``, zeros at init.
-        scaling: ``lora_alpha / r`` (a float).
+        lora_magnitude: ``(out_features,)``, DoRA's magnitude, the row norms of ``W0`` at init
+            (``None`` without ``use_dora``).
+        scaling: ``lora_alpha / r`` (``lora_alpha / sqrt(r)`` with ``use_rslora``), a float.
         merged: whether ``scaling * B @ A`` is currently folded into ``base_layer.weight``.
 
     Raises:
@@ -68,7 +87,8 @@ class LoRALinear(nn.Module):
     """
 
     def __init__(
-        self, base_layer: nn.Linear, r: int = 4, lora_alpha: float = 16.0, lora_dropout: float = 0.0
+        self, base_layer: nn.Linear, r: int = 4, lora_alpha: float = 16.0, lora_dropout: float = 0.0,
+        use_rslora: bool = False, use_dora: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
@@ -80,12 +100,15 @@ class LoRALinear(nn.Module):
         self.out_features = base_layer.out_features
         self.r = int(r)
         self.lora_alpha = float(lora_alpha)
-        self.scaling = self.lora_alpha / self.r
+        self.use_rslora, self.use_dora = bool(use_rslora), bool(use_dora)
+        self.scaling = self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
         weight = base_layer.weight
         # The trained tensors stay float32 under a half-precision base (AMP needs fp32 master weights).
         dtype = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
         self.lora_A = nn.Parameter(torch.empty(self.r, self.in_features, dtype=dtype, device=weight.device))
         self.lora_B = nn.Parameter(torch.empty(self.out_features, self.r, dtype=dtype, device=weight.device))
+        self.lora_magnitude = (nn.Parameter(torch.empty(self.out_features, dtype=dtype, device=weight.device))
+                               if self.use_dora else None)
         self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.merged = False
         self._unmerged_weight: torch.Tensor | None = None  # the exact base weight while merged
@@ -93,9 +116,20 @@ class LoRALinear(nn.Module):
         self.train(base_layer.training)  # a new module defaults to training mode; follow the layer it wraps
 
     def reset_lora_parameters(self) -> None:
-        """A: Kaiming-uniform with ``a=sqrt(5)`` (as ``nn.Linear`` inits its weight); B: zeros."""
+        """A: Kaiming-uniform with ``a=sqrt(5)`` (as ``nn.Linear`` inits its weight); B: zeros;
+        DoRA's magnitude: the row norms of ``W0`` (``B`` being zero)."""
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B)
+        if self.use_dora:
+            with torch.no_grad():
+                self.lora_magnitude.copy_(self.weight_norm())
+
+    def weight_norm(self) -> torch.Tensor:
+        """DoRA's ``||W0 + scaling B A||`` per output row, shape ``(out_features,)``, computed from the
+        unmerged weight and detached: a constant in the backward pass (Liu et al. 2024, section 4.3)."""
+        weight = self._unmerged_weight if self.merged else self.base_layer.weight
+        with torch.no_grad():
+            return torch.linalg.norm(weight.to(self.lora_A.dtype) + self.delta_weight(), dim=1)
 
     def delta_weight(self) -> torch.Tensor:
         """The update ``scaling * B @ A``, shape ``(out_features, in_features)``."""
@@ -110,8 +144,19 @@ class LoRALinear(nn.Module):
         result = self.base_layer(x)
         if self.merged:
             return result
-        h = F.linear(self.lora_dropout(x).to(self.lora_A.dtype), self.lora_A)  # (..., r)
-        return result + (F.linear(h, self.lora_B) * self.scaling).to(result.dtype)  # (..., out_features)
+        dropped = self.lora_dropout(x).to(self.lora_A.dtype)
+        h = F.linear(dropped, self.lora_A)  # (..., r)
+        update = F.linear(h, self.lora_B) * self.scaling  # (..., out_features)
+        if not self.use_dora:
+            return result + update.to(result.dtype)
+        # DoRA: m / ||W0 + dW|| rescales the whole output; written as a correction of the base output,
+        # as PEFT writes it. With dropout active, the base term sees the dropped input too.
+        scale = self.lora_magnitude / self.weight_norm()  # (out_features,)
+        if isinstance(self.lora_dropout, nn.Identity) or not self.training:
+            base = result if self.base_layer.bias is None else result - self.base_layer.bias
+        else:
+            base = F.linear(dropped, self.base_layer.weight.to(dropped.dtype))
+        return result + ((scale - 1) * base + scale * update).to(result.dtype)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -124,9 +169,12 @@ class LoRALinear(nn.Module):
         if self.merged:
             return
         weight = self.base_layer.weight
-        self._unmerged_weight = weight.detach().clone()
         wide = torch.promote_types(weight.dtype, torch.float32)
-        weight.copy_((weight.to(wide) + self.delta_weight().to(wide)).to(weight.dtype))
+        merged = weight.to(wide) + self.delta_weight().to(wide)
+        if self.use_dora:  # m / ||W0 + dW|| * (W0 + dW), row by row
+            merged = (self.lora_magnitude.to(wide) / self.weight_norm().to(wide)).view(-1, 1) * merged
+        self._unmerged_weight = weight.detach().clone()
+        weight.copy_(merged.to(weight.dtype))
         self.merged = True
 
     @torch.no_grad()
@@ -139,7 +187,8 @@ class LoRALinear(nn.Module):
         self.merged = False
 
     def extra_repr(self) -> str:
-        return f"r={self.r}, lora_alpha={self.lora_alpha:g}, scaling={self.scaling:g}, merged={self.merged}"
+        variants = "".join(f", {name}=True" for name in ("use_rslora", "use_dora") if getattr(self, name))
+        return f"r={self.r}, lora_alpha={self.lora_alpha:g}, scaling={self.scaling:g}{variants}, merged={self.merged}"
 
 
 def check_lora_args(r: int, lora_alpha: float, lora_dropout: float) -> None:
@@ -163,6 +212,8 @@ def inject_lora(
     r: int = 4,
     lora_alpha: float = 16.0,
     lora_dropout: float = 0.1,
+    use_rslora: bool = False,
+    use_dora: bool = False,
 ) -> list[str]:
     """Wrap every ``nn.Linear`` of ``model`` whose qualified name matches a target in a ``LoRALinear``.
 
@@ -175,7 +226,7 @@ def inject_lora(
     Args:
         model: any module; changed in place.
         target_modules: names or name suffixes of the Linear layers to adapt.
-        r, lora_alpha, lora_dropout: see ``LoRALinear``.
+        r, lora_alpha, lora_dropout, use_rslora, use_dora: see ``LoRALinear``.
 
     Returns:
         The qualified names of the replaced layers, in module order.
@@ -206,12 +257,12 @@ def inject_lora(
     for name in replaced:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, LoRALinear(getattr(parent, child), r, lora_alpha, lora_dropout))
+        setattr(parent, child, LoRALinear(getattr(parent, child), r, lora_alpha, lora_dropout, use_rslora, use_dora))
     return replaced
 
 
 def mark_only_lora_as_trainable(model: nn.Module, modules_to_save: Sequence[str] = ("classifier",)) -> list[str]:
-    """Freeze every parameter except ``lora_A`` / ``lora_B`` and those of ``modules_to_save``.
+    """Freeze every parameter except ``lora_A`` / ``lora_B`` (/ ``lora_magnitude``) and those of ``modules_to_save``.
 
     Args:
         model: a module with LoRA injected; changed in place.
@@ -234,7 +285,7 @@ def mark_only_lora_as_trainable(model: nn.Module, modules_to_save: Sequence[str]
     trainable = []
     for name, p in model.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
-        train = leaf in ("lora_A", "lora_B") or any(name.startswith(pre) for pre in saved_prefixes)
+        train = leaf in LORA_PARAMETERS or any(name.startswith(pre) for pre in saved_prefixes)
         p.requires_grad_(train)
         if train:
             trainable.append(name)

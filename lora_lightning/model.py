@@ -15,7 +15,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryF1Score
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForSequenceClassification
 from transformers.utils import logging as hf_logging
 
 from lora_lightning.checkpoint import check_options, fill_frozen, keep_trainable
@@ -46,11 +46,19 @@ HALF_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 HEAD_NAMES = ("classifier", "score")
 
 
-def load_backbone(model_name_or_path: str, torch_dtype: str | None = None) -> tuple[nn.Module, list[str]]:
+# The backbone's dropout probabilities, by their config names (BERT/RoBERTa; DistilBERT).
+DROPOUT_CONFIG_NAMES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
+                        "dropout", "attention_dropout", "seq_classif_dropout")
+
+
+def load_backbone(model_name_or_path: str, torch_dtype: str | None = None,
+                  dropout: float | None = None) -> tuple[nn.Module, list[str]]:
     """``AutoModelForSequenceClassification`` with 2 labels (``negative``/``positive``), and what in it is new.
 
     ``torch_dtype`` (``"bfloat16"``/``"float16"``/``None`` for float32) is the dtype of the loaded
-    weights; LoRA and the other trained tensors are float32 regardless.
+    weights; LoRA and the other trained tensors are float32 regardless. ``dropout`` (a probability)
+    replaces every dropout probability of the model's config (hidden, attention, classifier:
+    ``DROPOUT_CONFIG_NAMES``); ``None`` keeps the config's (0.1 for BERT).
 
     Every tensor that ``model_name_or_path`` does not hold is newly initialised (randomly, from the
     global seed): the head of a bare encoder (BERT's ``classifier``, DistilBERT's ``pre_classifier``
@@ -72,10 +80,14 @@ def load_backbone(model_name_or_path: str, torch_dtype: str | None = None) -> tu
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
+        overrides = {}
+        if dropout is not None:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+            overrides = {name: dropout for name in DROPOUT_CONFIG_NAMES if hasattr(config, name)}
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()},
             trust_remote_code=False, dtype=HALF_DTYPES.get(torch_dtype, torch.float32),
-            ignore_mismatched_sizes=True, output_loading_info=True,
+            ignore_mismatched_sizes=True, output_loading_info=True, **overrides,
         )
     except OSError as error:
         raise hub_error(model_name_or_path, error) from None
@@ -194,6 +206,13 @@ class LoRAClassifier(pl.LightningModule):
             checkpoint keys unchanged); compiling costs time up front, see BENCHMARKS.md.
         merge_for_inference: fold LoRA into the base weights for ``test``/``predict``/``validate``
             runs (outside ``fit``), so inference costs what the base model costs; unmerged after.
+        use_rslora: rsLoRA's ``scaling = lora_alpha / sqrt(r)`` (Kalajdzievski 2023, arXiv:2312.03732).
+        use_dora: DoRA, weight-decomposed LoRA (Liu et al. 2024, arXiv:2402.09353): a trained
+            magnitude per output row of every adapted Linear (``lora_magnitude``).
+        loraplus_lr_ratio: LoRA+ (Hayou et al. 2024, arXiv:2402.12354): ``lora_B`` trains at this
+            multiple of ``learning_rate`` (the paper suggests 16); ``null``: one learning rate.
+        backbone_dropout: every dropout probability of the backbone's config (hidden, attention,
+            classifier); ``null`` keeps the config's (0.1 for BERT). LoRA's own is ``lora_dropout``.
 
     Checkpoints hold only the trainable tensors (LoRA ``A``/``B``, the head, anything else set
     trainable), with the optimizer state and the hyperparameters; the frozen base is rebuilt from
@@ -202,7 +221,8 @@ class LoRAClassifier(pl.LightningModule):
     Raises:
         OptionError: bad LoRA options or targets (see ``inject_lora``), a target inside a module
             trained in full (see ``check_lora_outside``), ``train_pooler`` for a model without a
-            pooler, ``warmup_ratio`` outside [0, 1), ``learning_rate <= 0``, ``finetune`` not
+            pooler, ``warmup_ratio`` outside [0, 1), ``learning_rate <= 0``, ``loraplus_lr_ratio <= 0``,
+            ``backbone_dropout`` outside [0, 1), a LoRA variant with ``finetune=full``, ``finetune`` not
             ``lora``/``full``.
         ModelNotFoundError: the model cannot be loaded (see ``load_backbone``).
     """
@@ -222,14 +242,26 @@ class LoRAClassifier(pl.LightningModule):
         torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         compile: bool = False,  # noqa: A002 (the option's name, as in torch.compile)
         finetune: Literal["lora", "full"] = "lora",
+        use_rslora: bool = False,
+        use_dora: bool = False,
+        loraplus_lr_ratio: float | None = None,
+        backbone_dropout: float | None = None,
     ) -> None:
         super().__init__()
         if not learning_rate > 0:
             raise OptionError(f"model.learning_rate must be > 0, got {learning_rate}")
         if not 0 <= warmup_ratio < 1:
             raise OptionError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        if loraplus_lr_ratio is not None and not loraplus_lr_ratio > 0:
+            raise OptionError(f"model.loraplus_lr_ratio must be > 0 (or null), got {loraplus_lr_ratio}")
+        if backbone_dropout is not None and not 0 <= backbone_dropout < 1:
+            raise OptionError(f"model.backbone_dropout must be in [0, 1) (or null), got {backbone_dropout}")
+        variants = [f"model.{name}" for name, on in (("use_rslora", use_rslora), ("use_dora", use_dora),
+                                                     ("loraplus_lr_ratio", loraplus_lr_ratio is not None)) if on]
+        if finetune == "full" and variants:
+            raise OptionError(f"{', '.join(variants)} need model.finetune=lora: full fine-tuning has no LoRA")
         self.save_hyperparameters()
-        self.model, new = load_backbone(model_name_or_path, torch_dtype)
+        self.model, new = load_backbone(model_name_or_path, torch_dtype, backbone_dropout)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
         if finetune not in ("lora", "full"):
             raise OptionError(f"model.finetune must be 'lora' or 'full', got {finetune!r}")
@@ -253,7 +285,8 @@ class LoRAClassifier(pl.LightningModule):
             trainable = [name for name, _ in self.model.named_parameters()]
         else:
             try:
-                self.lora_modules = inject_lora(self.model, list(target_modules), r, lora_alpha, lora_dropout)
+                self.lora_modules = inject_lora(self.model, list(target_modules), r, lora_alpha, lora_dropout,
+                                                use_rslora=use_rslora, use_dora=use_dora)
             except ValueError as error:
                 raise OptionError(f"model: {error}") from None
             check_lora_outside(self.lora_modules, self.modules_to_save, list(target_modules))
@@ -422,14 +455,21 @@ class LoRAClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         """AdamW over the trainable parameters only; linear warm-up then linear decay to 0, per step
-        (transformers' ``get_linear_schedule_with_warmup`` formula).
+        (transformers' ``get_linear_schedule_with_warmup`` formula). With ``loraplus_lr_ratio``, the
+        ``lora_B`` tensors are a second parameter group at ``ratio x learning_rate`` (LoRA+).
 
         The schedule's length, ``trainer.estimated_stepping_batches`` (max_epochs / max_steps,
         accumulation, limit_train_batches, devices), is read in ``on_train_start``: reading it here
         would load the training data before a resumed run restores its loader's state.
         """
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        lr, ratio = self.hparams.learning_rate, self.hparams.get("loraplus_lr_ratio")
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        if ratio is None:
+            groups = [{"params": [p for _, p in named]}]
+        else:  # LoRA+ (Hayou et al. 2024): B learns ratio x faster than A; the head keeps the base rate
+            groups = [{"params": [p for n, p in named if not n.endswith("lora_B")]},
+                      {"params": [p for n, p in named if n.endswith("lora_B")], "lr": lr * ratio}]
+        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=self.hparams.weight_decay)
         self._schedule = None  # (warmup_steps, total_steps), set in on_train_start
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         # "name": the learning-rate curve's TensorBoard tag is `lr` (LearningRateMonitor)

@@ -110,7 +110,23 @@ GRID = [
     pytest.param("tiny_roberta_dir", dict(finetune="full"), None, id="roberta-full"),
     pytest.param("tiny_nli_dir", dict(target_modules=["query", "value"], train_pooler=True),
                  ["bert.pooler", "classifier"], id="bert-3-label-base-C17"),
+    # the LoRA variants of issue 11: the adapter carries use_rslora / use_dora and DoRA's magnitudes
+    pytest.param("tiny_model_dir", dict(target_modules=["query", "value"], use_rslora=True), ["classifier"],
+                 id="bert-qv-rslora"),
+    pytest.param("tiny_model_dir", dict(target_modules=["query", "value"], use_dora=True), ["classifier"],
+                 id="bert-qv-dora"),
+    pytest.param("tiny_model_dir", dict(target_modules=ENCODER_LINEARS, use_dora=True, use_rslora=True,
+                                        loraplus_lr_ratio=16.0), ["classifier"], id="bert-encoder-dora-rslora-loraplus"),
+    pytest.param("tiny_distilbert_dir", dict(target_modules=["q_lin", "v_lin"], use_dora=True),
+                 ["pre_classifier", "classifier"], id="distilbert-qv-dora"),
 ]
+
+
+def peft_key(name: str) -> str:
+    """PEFT's saved name of one of our trained tensors (DoRA's magnitude has no ``.weight``)."""
+    if name.endswith("lora_magnitude"):
+        return f"base_model.model.{name}_vector"
+    return f"base_model.model.{name}.weight" if "lora_" in name else f"base_model.model.{name}"
 
 
 def fit_steps(module: LoRAClassifier, model_dir: str, steps: int = 3) -> pl.Trainer:
@@ -160,9 +176,9 @@ def test_every_configuration_round_trips_and_exports(base, options, full_modules
         adapter = export(str(ckpt), str(tmp_path / "adapter"), format="adapter")
         config = json.loads((adapter / "adapter_config.json").read_text())
         assert config["modules_to_save"] == full_modules
+        assert (config["use_rslora"], config["use_dora"]) == (options.get("use_rslora", False), options.get("use_dora", False))
         tensors = load_file(adapter / "adapter_model.safetensors")
-        assert set(tensors) == {f"base_model.model.{n}.weight" if "lora_" in n else f"base_model.model.{n}"
-                                for n in trained}
+        assert set(tensors) == {peft_key(n) for n in trained}
         base_model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2,
                                                                         ignore_mismatched_sizes=True)
         peft_model = peft.PeftModel.from_pretrained(base_model, adapter).eval()

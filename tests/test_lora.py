@@ -241,3 +241,104 @@ def test_matches_peft_on_same_weights():
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
     assert not torch.allclose(got, base(**batch()).logits, atol=1e-3)
     assert count_parameters(ours)[0] == sum(p.numel() for p in ref.parameters() if p.requires_grad)
+
+
+VARIANTS = {"plain": {}, "rslora": {"use_rslora": True}, "dora": {"use_dora": True},
+            "rslora+dora": {"use_rslora": True, "use_dora": True}}
+
+
+def twin_models(variant: dict, dropout: float = 0.0, seed: int = 3):
+    """Ours and PEFT's on the same tiny BERT, with the same random A, B, DoRA magnitude and head."""
+    base = tiny_classifier(seed=seed)
+    ours = copy.deepcopy(base)
+    names = inject_lora(ours, ["query", "value"], r=4, lora_alpha=8, lora_dropout=dropout, **variant)
+    mark_only_lora_as_trainable(ours, ["classifier"])
+    config = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["query", "value"],
+                             task_type="SEQ_CLS", **variant)
+    ref = peft.get_peft_model(copy.deepcopy(base), config)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name in names:
+            mine, theirs = ours.get_submodule(name), ref.base_model.model.get_submodule(name)
+            if variant.get("use_dora"):  # PEFT's magnitude starts at the same row norms as ours
+                torch.testing.assert_close(theirs.lora_magnitude_vector["default"].weight, mine.lora_magnitude)
+            mine.lora_A.copy_(torch.randn(mine.lora_A.shape, generator=g))
+            mine.lora_B.copy_(torch.randn(mine.lora_B.shape, generator=g) * 0.1)
+            theirs.lora_A["default"].weight.copy_(mine.lora_A)
+            theirs.lora_B["default"].weight.copy_(mine.lora_B)
+            if variant.get("use_dora"):
+                mine.lora_magnitude.mul_(1 + 0.1 * torch.randn(mine.lora_magnitude.shape, generator=g))
+                theirs.lora_magnitude_vector["default"].weight.copy_(mine.lora_magnitude)
+        head = ref.base_model.model.classifier.modules_to_save["default"]
+        ours.classifier.weight.copy_(torch.randn(ours.classifier.weight.shape, generator=g))
+        head.weight.copy_(ours.classifier.weight)
+    return ours, ref, names
+
+
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
+def test_variants_match_peft_logits_and_gradients(variant):
+    """rsLoRA and DoRA against PEFT on the same weights: logits within 1e-5 (eval), and the same gradients
+    of every trained tensor (A, B, magnitude, head) on one batch, within 1e-5."""
+    ours, ref, names = twin_models(variant)
+    ours.eval(), ref.eval()
+    with torch.no_grad():
+        got, expected = ours(**batch()).logits, ref(**batch()).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, tiny_classifier(seed=3)(**batch()).logits, atol=1e-3)
+    labels = torch.tensor([0, 1, 1, 0])
+    nn.functional.cross_entropy(ours(**batch()).logits, labels).backward()
+    nn.functional.cross_entropy(ref(**batch()).logits, labels).backward()
+    for name in names:
+        mine, theirs = ours.get_submodule(name), ref.base_model.model.get_submodule(name)
+        pairs = [(mine.lora_A, theirs.lora_A["default"].weight), (mine.lora_B, theirs.lora_B["default"].weight)]
+        if variant.get("use_dora"):
+            pairs.append((mine.lora_magnitude, theirs.lora_magnitude_vector["default"].weight))
+        for a, b in pairs:
+            assert a.grad is not None and a.grad.abs().sum() > 0
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours.classifier.weight.grad,
+                               ref.base_model.model.classifier.modules_to_save["default"].weight.grad, atol=1e-5, rtol=1e-4)
+    assert count_parameters(ours)[0] == sum(p.numel() for p in ref.parameters() if p.requires_grad)
+
+
+def test_dora_with_dropout_matches_peft_in_training():
+    """With dropout active, DoRA's base term sees the dropped input, as PEFT computes it: same masks, same logits."""
+    ours, ref, _ = twin_models({"use_dora": True}, dropout=0.3)
+    ours.train(), ref.train()
+    for module in list(ours.modules()) + list(ref.modules()):  # only the LoRA dropout stays random
+        if isinstance(module, nn.Dropout) and module.p != 0.3:
+            module.p = 0.0
+    torch.manual_seed(11)
+    got = ours(**batch()).logits
+    torch.manual_seed(11)
+    expected = ref(**batch()).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_rslora_scaling_and_dora_identity_at_init():
+    layer = nn.Linear(12, 6)
+    assert LoRALinear(layer, r=4, lora_alpha=8, use_rslora=True).scaling == 8 / 2  # alpha / sqrt(r)
+    assert LoRALinear(nn.Linear(12, 6), r=4, lora_alpha=8).scaling == 8 / 4
+    dora = LoRALinear(layer, r=4, lora_alpha=8, use_dora=True)
+    torch.testing.assert_close(dora.lora_magnitude.detach(), layer.weight.norm(dim=1))  # row norms of W0
+    x = torch.randn(3, 12)
+    torch.testing.assert_close(dora(x), layer(x))  # still the original layer at init
+    assert "use_dora=True" in repr(dora)
+
+
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
+def test_variant_merge_is_exact_and_equals_unmerged(variant):
+    """merged == unmerged outputs (DoRA folds m / ||W0 + dW|| into the weight), unmerge restores W0 bit for bit."""
+    layer = nn.Linear(12, 6)
+    original = layer.weight.detach().clone()
+    lora = randomized(LoRALinear(layer, r=4, lora_alpha=8, **variant).eval())
+    if variant.get("use_dora"):
+        with torch.no_grad():
+            lora.lora_magnitude.mul_(1.5)
+    x = torch.randn(5, 12)
+    unmerged = lora(x)
+    lora.merge()
+    torch.testing.assert_close(lora(x), unmerged, atol=1e-5, rtol=1e-5)
+    lora.unmerge()
+    assert torch.equal(layer.weight, original)
+    torch.testing.assert_close(lora(x), unmerged)

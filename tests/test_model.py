@@ -6,7 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import quiet_trainer
+from conftest import quiet_trainer, sentence_batch
 from lora_lightning.data import SST2DataModule
 from lora_lightning.model import LoRAClassifier
 
@@ -319,3 +319,41 @@ def test_configurations_that_cannot_export_are_refused_when_built(base, kw, mess
     with pytest.raises(OptionError, match=message) as error:
         LoRAClassifier(request.getfixturevalue(base), **kw)
     assert "\n" not in str(error.value)
+
+
+def test_loraplus_puts_lora_B_in_a_faster_group(tiny_model_dir):
+    """LoRA+ (issue 11): two AdamW groups; lora_B at ratio x lr, lora_A and the head at lr; the schedule scales both."""
+    module = LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8, learning_rate=1e-3, loraplus_lr_ratio=16.0, warmup_ratio=0.0)
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
+    batch = {**sentence_batch(tiny_model_dir), "labels": torch.tensor([1, 0, 1, 0])}
+    from torch.utils.data import DataLoader
+
+    trainer.fit(module, train_dataloaders=DataLoader([batch] * 2, batch_size=None))
+    slow, fast = trainer.optimizers[0].param_groups
+    names = {id(p): n for n, p in module.named_parameters()}
+    assert all(names[id(p)].endswith("lora_B") for p in fast["params"]) and len(fast["params"]) == 4
+    assert {names[id(p)].rsplit(".", 1)[-1] for p in slow["params"]} == {"lora_A", "weight", "bias"}
+    assert slow["initial_lr"] == pytest.approx(1e-3) and fast["initial_lr"] == pytest.approx(16e-3)  # the peaks
+
+
+def test_backbone_dropout_reaches_every_dropout(tiny_model_dir, tiny_distilbert_dir):
+    """backbone_dropout replaces the config's hidden, attention and classifier dropout; LoRA's own stays lora_dropout."""
+    for folder, names in ((tiny_model_dir, ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")),
+                          (tiny_distilbert_dir, ("dropout", "attention_dropout", "seq_classif_dropout"))):
+        module = LoRAClassifier(folder, target_modules=["query", "value"] if folder == tiny_model_dir else ["q_lin", "v_lin"],
+                                lora_dropout=0.2, backbone_dropout=0.0)
+        assert all(getattr(module.model.config, n) == 0.0 for n in names)
+        probs = {m.p for name, m in module.model.named_modules() if isinstance(m, torch.nn.Dropout) and "lora_dropout" not in name}
+        assert probs == {0.0}
+        assert {m.lora_dropout.p for m in module.model.modules() if hasattr(m, "lora_dropout")} == {0.2}
+    assert LoRAClassifier(tiny_model_dir).model.config.hidden_dropout_prob == 0.1  # default: the config's
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(finetune="full", use_dora=True), "model.use_dora need model.finetune=lora"),
+    (dict(loraplus_lr_ratio=0.0), "model.loraplus_lr_ratio must be > 0"),
+    (dict(backbone_dropout=1.0), "model.backbone_dropout must be in"),
+])
+def test_variant_options_refused(tiny_model_dir, options, message):
+    with pytest.raises(ValueError, match=message):
+        LoRAClassifier(tiny_model_dir, **options)

@@ -15,10 +15,15 @@ def test_sweep_rows_csv_and_plot(tiny_model_dir, toy_glue_dir, tmp_path):
     out_csv, png = tmp_path / "sweep.csv", tmp_path / "sweep.png"
     extra = (f"--model.model_name_or_path {tiny_model_dir} --data.data_dir {toy_glue_dir} --data.batch_size 16 "
              "--trainer.accelerator cpu --trainer.enable_progress_bar false --trainer.enable_model_summary false")
-    records = sweep.main("lr,r4,r8-all,full", csv_path=str(out_csv), png=str(png), log_dir=str(tmp_path / "logs"),
+    records = sweep.main("lr,r4,r8-all,full,dora-r4,loraplus-r4-lr2e-3", csv_path=str(out_csv), png=str(png), log_dir=str(tmp_path / "logs"),
                          config=str(ROOT / "configs/sst2.yaml"), extra=extra)
     rows = {r["row"]: r for r in csv.DictReader(out_csv.open())}
-    assert list(rows) == ["lr3e-4", "lr1e-3", "lr3e-3", "r4", "r8-all", "full"]
+    assert list(rows) == ["lr3e-4", "lr1e-3", "lr3e-3", "r4", "r8-all", "full", "dora-r4", "loraplus-r4-lr2e-3"]
+    assert [rows[k]["variant"] for k in ("r4", "dora-r4", "loraplus-r4-lr2e-3")] == ["plain", "dora", "loraplus16"]
+    # DoRA adds one magnitude per output row: 2 layers x (query, value) x 32
+    assert int(rows["dora-r4"]["trainable_params"]) == 2 * 2 * 4 * (32 + 32) + 2 * 2 * 32 + 66
+    assert float(rows["dora-r4"]["learning_rate"]) == float(rows["r4"]["learning_rate"])  # the lr check's winner
+    assert float(rows["loraplus-r4-lr2e-3"]["learning_rate"]) == 2e-3 and "--model.loraplus_lr_ratio 16.0" in rows["loraplus-r4-lr2e-3"]["command"]
     best = max(("lr3e-4", "lr1e-3", "lr3e-3"), key=lambda k: float(rows[k]["val_acc"]))
     assert rows["r4"]["learning_rate"] == rows[best]["learning_rate"] == rows["r8-all"]["learning_rate"]
     assert rows["r4"]["dev_acc"] == rows[best]["dev_acc"]
@@ -32,7 +37,16 @@ def test_sweep_rows_csv_and_plot(tiny_model_dir, toy_glue_dir, tmp_path):
     assert png.stat().st_size > 10_000
     before = out_csv.read_text()
     again = sweep.main("lr,r4", csv_path=str(out_csv), png=str(png), extra="--no-such-option 1")  # nothing runs
-    assert len(records) == len(again) == 6 and out_csv.read_text() == before
+    assert len(records) == len(again) == 8 and out_csv.read_text() == before
+
+
+def test_old_csv_gains_the_variant_column(tmp_path):
+    """A sweep.csv written before the variant column is rewritten once, its rows kept, as `plain`."""
+    old = tmp_path / "sweep.csv"
+    old.write_text("row,finetune,r,val_acc\nr4,lora,4,0.9\n")
+    records = sweep.read_csv(old)
+    assert records[0]["variant"] == "plain" and records[0]["val_acc"] == "0.9"
+    assert old.read_text().splitlines()[0] == ",".join(sweep.FIELDS)
 
 
 def test_rank_rows_need_the_lr_check_first():
