@@ -186,3 +186,27 @@ def test_interrupted_checkpoint_write_keeps_the_old_file(tiny_ckpt, tmp_path, mo
     monkeypatch.undo()
     TorchCheckpointIO().save_checkpoint(state, target)
     assert torch.load(target, map_location="cpu", weights_only=True)["global_step"] == 999
+
+
+def test_variant_options_are_checked_on_load(tiny_ckpt, tiny_model_dir, tmp_path):
+    """A DoRA checkpoint holds its magnitudes and loads only as DoRA; a checkpoint from before the variant
+    options existed (no use_dora / use_rslora saved) is a plain LoRA one and still loads."""
+    from torch.utils.data import DataLoader
+
+    module = LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8, use_dora=True, learning_rate=1e-2)
+    batch = {**sentence_batch(tiny_model_dir), "labels": torch.tensor([1, 0, 1, 0])}
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=DataLoader([batch] * 2, batch_size=None))
+    trainer.save_checkpoint(tmp_path / "dora.ckpt")
+    state = torch.load(tmp_path / "dora.ckpt", weights_only=True)
+    assert sum(k.endswith("lora_magnitude") for k in state["state_dict"]) == 2 * 2  # 2 layers x (query, value)
+    with pytest.raises(ValueError, match=r"unexpected key '.*query.lora_magnitude' of shape \(32,\)"):
+        LoRAClassifier.load_from_checkpoint(tmp_path / "dora.ckpt", map_location="cpu", use_dora=False)
+    plain = LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8)  # a model built from a config without the option (C09)
+    with pytest.raises(ValueError, match=r"trained with model.use_dora=True but this run has model.use_dora=False"):
+        quiet_trainer().validate(plain, DataLoader([batch], batch_size=None), ckpt_path=tmp_path / "dora.ckpt")
+    old = torch.load(tiny_ckpt, weights_only=True)
+    for name in ("use_dora", "use_rslora", "loraplus_lr_ratio", "backbone_dropout"):
+        old["hyper_parameters"].pop(name, None)
+    torch.save(old, tmp_path / "old.ckpt")
+    assert LoRAClassifier.load_from_checkpoint(tmp_path / "old.ckpt", map_location="cpu").hparams.use_dora is False
