@@ -401,6 +401,11 @@ class LoRAClassifier(pl.LightningModule):
         """
         if self.hparams.compile and not hasattr(self.model.forward, "_torchdynamo_orig_callable"):
             self.model.forward = torch.compile(self.model.forward, dynamic=True)
+        precision = str(self.trainer.precision)
+        if precision in ("bf16-true", "16-true"):
+            rank_zero_warn(f"trainer.precision={precision}: LoRA and the head train in half precision too; "
+                           "bf16-mixed / 16-mixed keep them float32 (with model.torch_dtype for a half-precision base)",
+                           category=LoRALightningWarning)
         dtype = self.hparams.torch_dtype
         if dtype == "float32":
             return

@@ -221,3 +221,18 @@ def test_warnings_print_as_one_line_without_a_source_path(tmp_path, tiny_ckpt, t
     assert "warning: --ckpt_path: using the checkpoint's model.r=4, not model.r=8" in proc.stderr
     assert "cli.py" not in proc.stderr and "LeafSpec" not in proc.stderr and "Tip" not in proc.stderr
     assert "Run folder: lightning_logs/sst2/version_0" in proc.stdout
+
+
+def test_trainer_settings_that_reach_the_model(tmp_path, monkeypatch, tiny_model_dir, toy_glue_dir):
+    """Accumulation and a mid-epoch validation interval: the schedule is sized in optimizer steps, and
+    last.ckpt is the end of training."""
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["fit", *tiny_args(tmp_path, tiny_model_dir, toy_glue_dir, "--trainer.max_epochs", "2",
+                                      "--trainer.accumulate_grad_batches", "2", "--trainer.val_check_interval", "0.5")])
+    steps = 2 * -(-cli.trainer.num_training_batches // 2)  # 12 batches of 16 per epoch -> 6 steps, 2 epochs
+    assert cli.model._schedule[1] == cli.trainer.global_step == steps
+    last = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=True)
+    assert last["global_step"] == steps
+    with pytest.warns(UserWarning, match=r"trainer.precision=bf16-true: LoRA and the head train in half precision"):
+        cli_main(["fit", *tiny_args(tmp_path, tiny_model_dir, toy_glue_dir, "--trainer.max_steps", "1",
+                                    "--trainer.precision", "bf16-true")])
