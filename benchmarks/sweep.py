@@ -80,7 +80,10 @@ VARIANT_ROWS = {
     "dropout0-r4": {"backbone_dropout": 0.0}, "pooler-r4": {"train_pooler": True},
 }
 VARIANT_LR_ROWS = {f"{name}-lr{lr}": {**options, "learning_rate": float(lr)}
-                   for name, options in (("rslora-r4", RSLORA), ("loraplus-r4", LORAPLUS)) for lr in ("5e-4", "2e-3")}
+                   for name, options, lrs in (("rslora-r4", RSLORA, ("5e-4", "2e-3")),
+                                              # at 1e-3 LoRA+'s B steps at 1.6e-2 and val_acc fell to 0.812: look lower
+                                              ("loraplus-r4", LORAPLUS, ("5e-4", "2e-3", "2e-4", "1e-4")))
+                   for lr in lrs}
 FULL_LR_ROWS = {"full-lr2e-5": 2e-5, "full-lr1e-4": 1e-4}
 GROUPS = {"lr": list(LEARNING_RATES), "variants": list(VARIANT_ROWS), "variant-lr": list(VARIANT_LR_ROWS),
           "full-lr": list(FULL_LR_ROWS)}
