@@ -18,7 +18,6 @@ Wiring only: LightningCLI with the model, the data module and this package's rul
 from __future__ import annotations
 
 import difflib
-import re
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from lora_lightning.callbacks import ResumeSafeSaveConfig, interactive
 from lora_lightning.checkpoint import STRUCTURE_OPTIONS, check_checkpoint, normalise_hparam
 from lora_lightning.data import SST2DataModule
-from lora_lightning.errors import LoRALightningError, LoRALightningWarning, OptionError
+from lora_lightning.errors import LoRALightningError, LoRALightningWarning, OneLineErrors, OptionError
 from lora_lightning.model import LoRAClassifier
 
 CONFIG_DIRS = (Path(__file__).resolve().parent / "configs",)
@@ -78,29 +77,11 @@ def resolve_config_args(args: list[str]) -> list[str]:
     return out
 
 
-def _option_names(parser) -> list[str]:
-    """Every dotted option of ``parser`` and its subcommands (``model.r``, ``trainer.max_epochs``, ...)."""
-    names = []
-    for action in parser._actions:
-        names += [s.lstrip("-") for s in action.option_strings if s.startswith("--")]
-        for sub in (getattr(action, "choices", None) or {}).values():
-            if hasattr(sub, "_actions"):
-                names += _option_names(sub)
-    return sorted(set(names))
-
-
-class OneLineParser(LightningArgumentParser):
+class OneLineParser(OneLineErrors, LightningArgumentParser):
     """LightningCLI's parser, whose errors are one ``OptionError`` line with a "did you mean",
     instead of the usage text and an exit."""
 
-    def error(self, message: str, ex: Exception | None = None):
-        line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
-        known = _option_names(self)
-        unknown = re.findall(r"--([\w.\-]+)", line) + re.findall(r'key "([\w.]+)"', line)
-        guesses = [g for word in unknown if word not in known
-                   for g in difflib.get_close_matches(word, known, n=1, cutoff=0.6)]
-        hint = f"; did you mean --{guesses[0]}?" if guesses else ""
-        raise OptionError(f"{line}{hint} (every option: python -m lora_lightning fit --help)") from ex
+    help_hint = "python -m lora_lightning fit --help"
 
 
 class LoRACLI(LightningCLI):

@@ -3,6 +3,9 @@
 The command line prints their message alone (one line, exit code 2) instead of a traceback.
 """
 
+import difflib
+import re
+
 
 class LoRALightningError(Exception):
     """Base of the user-facing errors; the message names the file, line or option and what was expected."""
@@ -36,3 +39,29 @@ class LoRALightningWarning(UserWarning):
     """Something a user should know but that does not stop the run (an option overridden by a
     checkpoint, data that differs from the checkpoint's run, truncated sentences). The command line
     prints it as one line, ``warning: ...``, without a source path."""
+
+
+def _option_names(parser) -> list[str]:
+    """Every dotted option of an argparse/jsonargparse ``parser`` and its subcommands (``model.r``, ...)."""
+    names = []
+    for action in parser._actions:
+        names += [s.lstrip("-") for s in action.option_strings if s.startswith("--")]
+        for sub in (getattr(action, "choices", None) or {}).values():
+            if hasattr(sub, "_actions"):
+                names += _option_names(sub)
+    return sorted(set(names))
+
+
+class OneLineErrors:
+    """Mixin for an argparse-style parser: its errors become one ``OptionError`` line with a "did you
+    mean" (close option names, by ``difflib``), instead of the usage text and an exit."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+        known = _option_names(self)
+        unknown = re.findall(r"--([\w.\-]+)", line) + re.findall(r'key "([\w.]+)"', line)
+        guesses = [g for word in unknown if word not in known
+                   for g in difflib.get_close_matches(word, known, n=1, cutoff=0.6)]
+        hint = f"; did you mean --{guesses[0]}?" if guesses else ""
+        prog = getattr(self, "prog", "python -m lora_lightning").split(" [")[0]
+        raise OptionError(f"{line}{hint} (every option: {getattr(self, 'help_hint', None) or prog + ' --help'})") from ex

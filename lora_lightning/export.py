@@ -157,6 +157,11 @@ def _umask() -> int:
 
 def export_main(args: list[str] | None = None) -> Path:
     """``python -m lora_lightning export ...``: ``export``'s arguments as options (jsonargparse)."""
-    from jsonargparse import CLI
+    from jsonargparse import CLI, ArgumentParser
 
-    return CLI(export, args=args, as_positional=False)
+    from lora_lightning.errors import OneLineErrors
+
+    class ExportParser(OneLineErrors, ArgumentParser):
+        pass
+
+    return CLI(export, args=args, as_positional=False, prog="python -m lora_lightning export", parser_class=ExportParser)

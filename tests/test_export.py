@@ -199,3 +199,12 @@ def test_exported_files_are_readable_by_others(tiny_ckpt, tmp_path, umask, file_
         modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in folder.rglob("*")}
         assert any(name.endswith(".safetensors") for name in modes)
         assert modes == dict.fromkeys(modes, file_mode)
+
+
+def test_export_option_errors_are_one_line(capsys):
+    """`export` with a mistyped or missing option: one line with a "did you mean", exit status 2."""
+    from lora_lightning.cli import main
+
+    assert main(["export", "--ckpt_pth", "x.ckpt", "--output_dir", "out"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unrecognized arguments: --ckpt_pth x.ckpt; did you mean --ckpt_path?") and err.count("\n") == 1
