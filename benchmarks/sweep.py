@@ -196,16 +196,21 @@ def plot(records: list[dict], png: Path) -> None:
         ax.errorbar([int(r["trainable_params"]) for r in lr_rows], [float(r["dev_acc"]) for r in lr_rows],
                     yerr=[standard_error(r) for r in lr_rows], fmt="x", color="grey", capsize=3,
                     label="lr check, r=4 on query+value")
-    study = [r for r in records if r["row"] in VARIANT_ROWS or r["row"] in VARIANT_LR_ROWS or r["row"] in FULL_LR_ROWS]
+    # the recipe study: each variant at its own lr check's winner (by val_acc); the other lr rows stay in the CSV
+    study = [r for r in records if r["row"] in FULL_LR_ROWS or (r["row"] in VARIANT_ROWS and r["row"] not in ("rslora-r4", "loraplus-r4"))]
+    for family in ("rslora-r4", "loraplus-r4"):
+        tried = [r for r in records if r["row"] == family or (r["row"].startswith(family + "-lr") and r["row"] in VARIANT_LR_ROWS)]
+        if tried:
+            study.append(max(tried, key=lambda r: float(r["val_acc"])))
     for marker, label, keep in (("D", "DoRA", "dora"), ("^", "rsLoRA", "rslora"), ("v", "LoRA+", "loraplus"),
-                                ("o", "other options (r4-all, dropout0, pooler)", None), ("*", None, "full-lr")):
+                                ("o", "other options", None), ("*", None, "full-lr")):
         chosen = [r for r in study if (keep == "full-lr" and r["row"] in FULL_LR_ROWS) or (keep is None and
                   r["row"] in ("r4-all", "dropout0-r4", "pooler-r4")) or (keep not in (None, "full-lr") and r["row"].startswith(keep))]
         if chosen:
             ax.errorbar([int(r["trainable_params"]) for r in chosen], [float(r["dev_acc"]) for r in chosen],
                         yerr=[standard_error(r) for r in chosen], fmt=marker, capsize=3, alpha=0.8,
-                        label=label or "full fine-tuning, other lr")
-    for r in [*line, *lr_rows, *study, *(by_row[k] for k in ("r8-all", "full") if k in by_row)]:
+                        label=f"{label or 'full fine-tuning, other lr'}: {', '.join(r['row'] for r in chosen)}")
+    for r in [*line, *lr_rows, *(by_row[k] for k in ("r8-all", "full") if k in by_row)]:  # the study: by marker
         left = r in lr_rows  # the lr rows share r4's x: label them on the other side
         ax.annotate(r["row"], (int(r["trainable_params"]), float(r["dev_acc"])), textcoords="offset points",
                     xytext=(-6, -3) if left else (4, -12), ha="right" if left else "left", fontsize=8)
