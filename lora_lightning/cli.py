@@ -144,8 +144,8 @@ class LoRACLI(LightningCLI):
             if name in run_data and normalise_hparam(given) != normalise_hparam(run_data[name]):
                 if subcommand == "fit":  # a resumed run goes on with the data it was trained on
                     resumed[name] = run_data[name]
-                    rank_zero_warn(f"--ckpt_path: resuming with the checkpoint's run's data.{name}={run_data[name]!r}, "
-                                   f"not data.{name}={given!r} from the config / command line", category=LoRALightningWarning)
+                    rank_zero_warn(f"--ckpt_path: the resumed run goes on with its own data.{name}={run_data[name]!r} "
+                                   f"(not data.{name}={given!r} from the config / command line)", category=LoRALightningWarning)
                 else:
                     rank_zero_warn(f"--ckpt_path: data.{name}={given!r} here, but the checkpoint's run used "
                                    f"data.{name}={run_data[name]!r}, so this {subcommand} sees other sentences than "

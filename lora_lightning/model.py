@@ -371,8 +371,13 @@ class LoRAClassifier(pl.LightningModule):
         """Log trainable / total parameter counts, and register ``hp/val_acc`` as the hyperparameter
         metric (TensorBoard's hparams tab then shows val_acc against r, lora_alpha, learning_rate)."""
         trainable, total = count_parameters(self.model)
-        what = ("full fine-tuning" if self.hparams.finetune == "full" else
-                f"LoRA r={self.hparams.r} on {len(self.lora_modules)} layers ({', '.join(self.hparams.target_modules)})")
+        hp = self.hparams
+        variants = [name for name, on in (("rsLoRA", hp.use_rslora), ("DoRA", hp.use_dora)) if on]
+        if hp.loraplus_lr_ratio is not None:
+            variants.append(f"LoRA+ x{hp.loraplus_lr_ratio:g}")
+        what = ("full fine-tuning" if hp.finetune == "full" else
+                f"LoRA r={hp.r}{' (' + ', '.join(variants) + ')' if variants else ''} on {len(self.lora_modules)} "
+                f"layers ({', '.join(hp.target_modules)})")
         rank_zero_info(
             f"{what}: "
             f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"

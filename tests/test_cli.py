@@ -201,7 +201,7 @@ def test_resumed_fit_keeps_the_checkpoints_optimizer_and_data_options(tmp_path, 
                                           "--ckpt_path", tiny_ckpt)])
     messages = [str(w.message) for w in caught]
     assert any("using the checkpoint's model.learning_rate=0.01, not model.learning_rate=0.5" in m for m in messages)
-    assert any("resuming with the checkpoint's run's data.max_train_samples=None, not data.max_train_samples=50" in m
+    assert any("the resumed run goes on with its own data.max_train_samples=None (not data.max_train_samples=50" in m
                for m in messages)
     assert cli.model.hparams.learning_rate == 0.01 and cli.trainer.global_step == 8
     assert cli.datamodule.hparams.max_train_samples is None and len(cli.datamodule.datasets["train"]) == 180
