@@ -53,6 +53,7 @@ __all__ = [
     "merge_lora",
     "unmerge_lora",
     "count_parameters",
+    "matches_target",
 ]
 
 
@@ -201,8 +202,9 @@ def check_lora_args(r: int, lora_alpha: float, lora_dropout: float) -> None:
         raise ValueError(f"lora_dropout must be in [0, 1), got lora_dropout={lora_dropout!r}")
 
 
-def _matches(name: str, targets: Iterable[str]) -> bool:
-    """PEFT's rule: the qualified name equals a target or ends with ``"." + target``."""
+def matches_target(name: str, targets: Iterable[str]) -> bool:
+    """PEFT's rule: the qualified ``name`` equals a target or ends with ``"." + target``
+    (``check_target_module_exists``); used for ``target_modules`` and ``modules_to_save`` alike."""
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
@@ -246,14 +248,14 @@ def inject_lora(
     if already:
         raise ValueError(f"model already has LoRA layers (e.g. {already[0]!r}): inject_lora was called twice")
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    unmatched = [t for t in targets if not any(_matches(n, [t]) for n in linears)]
+    unmatched = [t for t in targets if not any(matches_target(n, [t]) for n in linears)]
     if unmatched:
         suffixes = sorted({n.rsplit(".", 1)[-1] for n in linears})
         raise ValueError(
             f"target_modules {unmatched} matched no nn.Linear; Linear names end with {suffixes} "
             f"(e.g. {linears[:3]})"
         )
-    replaced = [n for n in linears if _matches(n, targets)]
+    replaced = [n for n in linears if matches_target(n, targets)]
     for name in replaced:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -278,10 +280,10 @@ def mark_only_lora_as_trainable(model: nn.Module, modules_to_save: Sequence[str]
     if not any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("model has no LoRA layers: call inject_lora first")
     module_names = [name for name, _ in model.named_modules()]
-    unmatched = [t for t in modules_to_save if not any(_matches(n, [t]) for n in module_names)]
+    unmatched = [t for t in modules_to_save if not any(matches_target(n, [t]) for n in module_names)]
     if unmatched:
         raise ValueError(f"modules_to_save {unmatched} matched no module of {type(model).__name__}")
-    saved_prefixes = [n + "." for n in module_names if n and _matches(n, modules_to_save)]
+    saved_prefixes = [n + "." for n in module_names if n and matches_target(n, modules_to_save)]
     trainable = []
     for name, p in model.named_parameters():
         leaf = name.rsplit(".", 1)[-1]

@@ -1,0 +1,148 @@
+"""The pretrained model under the LoRA: loaded as a 2-label sequence classifier, what in it is new
+(and so trains in full), and where LoRA may not go. transformers and ``lora.py``'s matching rule;
+of Lightning only its rank-zero log line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers.utils import logging as hf_logging
+
+from lora_lightning.errors import OptionError
+from lora_lightning.hub import hub_error, resolve_model_path
+from lora_lightning.lora import matches_target
+
+ID2LABEL = {0: "negative", 1: "positive"}
+
+HALF_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# The task-head names PEFT's SEQ_CLS always trains and saves in full: we train them in full too.
+HEAD_NAMES = ("classifier", "score")
+
+
+# The backbone's dropout probabilities, by their config names (BERT/RoBERTa; DistilBERT).
+DROPOUT_CONFIG_NAMES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
+                        "dropout", "attention_dropout", "seq_classif_dropout")
+
+
+def load_backbone(model_name_or_path: str, torch_dtype: str | None = None,
+                  dropout: float | None = None) -> tuple[nn.Module, list[str]]:
+    """``AutoModelForSequenceClassification`` with 2 labels (``negative``/``positive``), and what in it is new.
+
+    ``torch_dtype`` (``"bfloat16"``/``"float16"``/``None`` for float32) is the dtype of the loaded
+    weights; LoRA and the other trained tensors are float32 regardless. ``dropout`` (a probability)
+    replaces every dropout probability of the model's config (hidden, attention, classifier:
+    ``DROPOUT_CONFIG_NAMES``); ``None`` keeps the config's (0.1 for BERT).
+
+    Every tensor that ``model_name_or_path`` does not hold is newly initialised (randomly, from the
+    global seed): the head of a bare encoder (BERT's ``classifier``, DistilBERT's ``pre_classifier``
+    and ``classifier``, RoBERTa's whole ``classifier`` module), and a head of another width that the
+    folder holds (e.g. an NLI model's 3-label head), which is replaced by a new 2-label one, said in
+    one log line. transformers' load report (it reads like a failure, and comes again on every
+    checkpoint load) is silenced around the call. Remote code is never run.
+
+    Returns:
+        ``(model, new_modules)``: the model, and the qualified names of the outermost modules that
+        hold its newly initialised tensors, in module order (``["pre_classifier", "classifier"]``
+        for a DistilBERT encoder).
+
+    Raises:
+        ModelNotFoundError: the model cannot be found locally, in a package, or on the Hub (one line
+            that says how to point at a local folder).
+    """
+    path = resolve_model_path(model_name_or_path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        overrides = {}
+        if dropout is not None:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+            overrides = {name: dropout for name in DROPOUT_CONFIG_NAMES if hasattr(config, name)}
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()},
+            trust_remote_code=False, dtype=HALF_DTYPES.get(torch_dtype, torch.float32),
+            ignore_mismatched_sizes=True, output_loading_info=True, **overrides,
+        )
+    except OSError as error:
+        raise hub_error(model_name_or_path, error) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    order = list(model.state_dict())
+    mismatched = sorted(info["mismatched_keys"], key=lambda m: order.index(m[0]))
+    if mismatched:
+        old = ", ".join(f"{key} {tuple(saved)}" for key, saved, _ in mismatched)
+        new = ", ".join(f"{key} {tuple(shape)}" for key, _, shape in mismatched)
+        rank_zero_info(f"{model_name_or_path} holds a head of another width: the old head ({old}) was replaced "
+                       f"by a new 2-label one ({new})")
+    return model, new_modules(model, set(info["missing_keys"]) | {key for key, _, _ in mismatched})
+
+
+def new_modules(model: nn.Module, keys: Iterable[str]) -> list[str]:
+    """The outermost modules that hold the parameters named in ``keys``, in module order.
+
+    A module is named whole when every parameter under it is in ``keys`` (RoBERTa's ``classifier``,
+    not its ``dense`` and ``out_proj``); a module that holds one of them beside loaded ones is named
+    itself. Keys that are not parameters (buffers) are left out.
+    """
+    keys = set(keys) & {name for name, _ in model.named_parameters()}
+    chosen: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(c + ".") for c in chosen):
+            continue
+        under = {f"{name}.{n}" for n, _ in module.named_parameters()}
+        own = {f"{name}.{n}" for n, _ in module.named_parameters(recurse=False)}
+        if under & keys and (under <= keys or own & keys):
+            chosen.append(name)
+    return chosen
+
+
+def check_lora_outside(lora_modules: list[str], full_modules: list[str], target_modules: list[str]) -> None:
+    """Refuse LoRA on a layer inside (or equal to) a module that trains in full.
+
+    PEFT never adapts a layer inside its ``modules_to_save`` (it skips it), and the merged export
+    would fold the update into a weight that trains anyway: the adapter and the merged export could
+    not both give our logits, and the LoRA there would add nothing.
+
+    Args:
+        lora_modules: qualified names of the layers that got LoRA (``inject_lora``'s result).
+        full_modules: qualified names of the modules trained in full.
+        target_modules: ``model.target_modules``, to name the one that reached inside.
+
+    Raises:
+        OptionError: one line naming ``model.target_modules``, the target, the layer and the module,
+            with narrower targets (longer name suffixes) that leave the module out.
+    """
+    def owner(name: str) -> str | None:
+        return next((m for m in full_modules if name == m or name.startswith(m + ".")), None)
+
+    def target_of(name: str) -> str:
+        return next(t for t in target_modules if matches_target(name, [t]))
+
+    blocked = [name for name in lora_modules if owner(name)]
+    if not blocked:
+        return
+    narrower: list[str] = []
+    for name in lora_modules:
+        if owner(name):
+            continue
+        parts = name.split(".")
+        for k in range(len(target_of(name).split(".")), len(parts) + 1):  # never wider than its target
+            suffix = ".".join(parts[-k:])
+            if not any(matches_target(b, [suffix]) for b in blocked):
+                break
+        if suffix not in narrower:
+            narrower.append(suffix)
+    layer = blocked[0]
+    where = f"{layer!r}, inside {owner(layer)!r}," if layer != owner(layer) else f"{layer!r},"
+    hint = f"name the layers outside it, e.g. {narrower}" if narrower else f"drop {target_of(layer)!r}"
+    raise OptionError(
+        f"model.target_modules={list(target_modules)}: {target_of(layer)!r} matches {where} which trains in full; "
+        f"LoRA inside a module trained in full is refused (PEFT skips such layers, so its adapter and the "
+        f"merged export would differ): {hint}"
+    )
