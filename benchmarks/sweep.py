@@ -78,6 +78,7 @@ VARIANT_ROWS = {
     "dora-r8-all": {"r": 8, "target_modules": ALL_LINEARS, **DORA},
     "loraplus-r8-all": {"r": 8, "target_modules": ALL_LINEARS, **LORAPLUS},
     "dropout0-r4": {"backbone_dropout": 0.0}, "pooler-r4": {"train_pooler": True},
+    "dropout0-r4-all": {"target_modules": ALL_LINEARS, "backbone_dropout": 0.0},
 }
 VARIANT_LR_ROWS = {f"{name}-lr{lr}": {**options, "learning_rate": float(lr)}
                    for name, options, lrs in (("rslora-r4", RSLORA, ("5e-4", "2e-3")),

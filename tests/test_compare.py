@@ -1,0 +1,54 @@
+"""The final recipe comparison (benchmarks/compare.py): its paired tests, and a run on the tiny model."""
+
+import json
+import math
+from pathlib import Path
+
+from benchmarks import compare
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_mcnemar_exact_p():
+    """10 sentences only A gets right, 2 only B: p = 2 (C(12,0) + C(12,1) + C(12,2)) / 2^12."""
+    a = [True] * 10 + [False] * 2 + [True] * 50 + [False] * 5
+    b = [False] * 10 + [True] * 2 + [True] * 50 + [False] * 5
+    only_a, only_b, p = compare.mcnemar_p(a, b)
+    assert (only_a, only_b) == (10, 2)
+    assert math.isclose(p, 2 * (1 + 12 + 66) / 4096)
+    assert compare.mcnemar_p(a, a) == (0, 0, 1.0)
+    assert compare.mcnemar_p([True] * 3 + [False] * 3, [False] * 3 + [True] * 3)[2] == 1.0  # 3 vs 3: no evidence
+
+
+def test_paired_bootstrap_interval():
+    """Same outcomes: a zero-width interval at 0, p = 1; A right on 20 more of 100: interval around +0.2."""
+    same = [True, False] * 50
+    assert compare.paired_bootstrap(same, same, samples=500) == (0.0, 0.0, 1.0)
+    a = [True] * 80 + [False] * 20
+    b = [True] * 60 + [False] * 40
+    low, high, p = compare.paired_bootstrap(a, b, samples=2000)
+    assert 0.1 < low < 0.2 < high < 0.3 and p < 0.01
+
+
+def test_compare_runs_tests_and_resumes(tiny_model_dir, toy_glue_dir, tmp_path):
+    """Two recipes, one seed: dev predictions match dev_acc, the pair is tested, a second call runs nothing."""
+    out = tmp_path / "compare.json"
+    extra = (f"--model.model_name_or_path {tiny_model_dir} --data.data_dir {toy_glue_dir} --data.batch_size 16 "
+             "--trainer.accelerator cpu --trainer.enable_model_summary false")
+    results = compare.main("default,full", seeds="7", epochs=1, json_path=str(out), log_dir=str(tmp_path / "logs"), extra=extra)
+    default, full = results["runs"]
+    assert (default["recipe"], full["recipe"]) == ("default", "full") and default["seed"] == full["seed"] == 7
+    assert full["trainable_pct"] == 100.0 and full["learning_rate"] == 5e-5 and default["learning_rate"] == 1e-3
+    for r in (default, full):
+        assert len(r["dev_predictions"]) == r["dev_n"] == 40  # the toy dev set
+        correct = sum(p == y for p, y in zip(r["dev_predictions"], r["dev_labels"]))
+        assert correct == r["dev_correct"] and round(correct / 40, 4) == r["dev_acc"]  # same as Lightning's test_acc
+        assert len(r["val_acc_curve"]) == 1 and r["val_acc_curve"][-1] == r["val_acc"]
+        assert r["checkpoint_bytes"] > 0 and "--seed_everything 7" in r["command"]
+    (test,) = results["tests"]
+    assert (test["a"], test["b"], test["seed"]) == ("default", "full", 7)
+    assert test["difference"] == round(default["dev_acc"] - full["dev_acc"], 4)
+    assert test["only_a_right"] - test["only_b_right"] == default["dev_correct"] - full["dev_correct"]
+    before = out.read_text()
+    again = compare.main("default,full", seeds="7", json_path=str(out), extra="--no-such-option 1")
+    assert json.loads(before)["runs"] == again["runs"] and out.read_text() == before
