@@ -1,4 +1,4 @@
-"""The pretrained model under the LoRA: loaded as a 2-label sequence classifier, what in it is new
+"""The pretrained model under the LoRA: loaded as a K-label sequence classifier, what in it is new
 (and so trains in full), and where LoRA may not go. transformers and ``lora.py``'s matching rule;
 of Lightning only its rank-zero log line.
 """
@@ -15,9 +15,8 @@ from transformers.utils import logging as hf_logging
 
 from lora_lightning.errors import OptionError
 from lora_lightning.hub import hub_error, resolve_model_path
+from lora_lightning.labels import resolve_id2label
 from lora_lightning.lora import matches_target
-
-ID2LABEL = {0: "negative", 1: "positive"}
 
 HALF_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -31,21 +30,25 @@ DROPOUT_CONFIG_NAMES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "
                         "dropout", "attention_dropout", "seq_classif_dropout")
 
 
-def load_backbone(model_name_or_path: str, torch_dtype: str | None = None,
-                  dropout: float | None = None) -> tuple[nn.Module, list[str]]:
-    """``AutoModelForSequenceClassification`` with 2 labels (``negative``/``positive``), and what in it is new.
+def load_backbone(model_name_or_path: str, torch_dtype: str | None = None, dropout: float | None = None,
+                  num_labels: int = 2, id2label: dict[int, str] | None = None) -> tuple[nn.Module, list[str]]:
+    """``AutoModelForSequenceClassification`` with ``num_labels`` labels named by ``id2label``, and what in it is new.
 
     ``torch_dtype`` (``"bfloat16"``/``"float16"``/``None`` for float32) is the dtype of the loaded
     weights; LoRA and the other trained tensors are float32 regardless. ``dropout`` (a probability)
     replaces every dropout probability of the model's config (hidden, attention, classifier:
-    ``DROPOUT_CONFIG_NAMES``); ``None`` keeps the config's (0.1 for BERT).
+    ``DROPOUT_CONFIG_NAMES``); ``None`` keeps the config's (0.1 for BERT). ``num_labels`` (K) is the
+    head's width, its logits ``(B, K)``; ``id2label`` (see ``labels.resolve_id2label``; ``None``:
+    SST-2's ``negative``/``positive`` for K = 2, else ``LABEL_<i>``) goes to the config with the
+    ``label2id`` derived from it, so a saved or exported folder names the classes.
 
     Every tensor that ``model_name_or_path`` does not hold is newly initialised (randomly, from the
     global seed): the head of a bare encoder (BERT's ``classifier``, DistilBERT's ``pre_classifier``
-    and ``classifier``, RoBERTa's whole ``classifier`` module), and a head of another width that the
-    folder holds (e.g. an NLI model's 3-label head), which is replaced by a new 2-label one, said in
-    one log line. transformers' load report (it reads like a failure, and comes again on every
-    checkpoint load) is silenced around the call. Remote code is never run.
+    and ``classifier``, RoBERTa's whole ``classifier`` module), and a head of another width than K
+    that the folder holds (e.g. an NLI model's 3-label head under K = 2), which is replaced by a new
+    K-label one, said in one log line; a head of width K is loaded as the folder holds it.
+    transformers' load report (it reads like a failure, and comes again on every checkpoint load) is
+    silenced around the call. Remote code is never run.
 
     Returns:
         ``(model, new_modules)``: the model, and the qualified names of the outermost modules that
@@ -53,9 +56,11 @@ def load_backbone(model_name_or_path: str, torch_dtype: str | None = None,
         for a DistilBERT encoder).
 
     Raises:
+        OptionError: ``num_labels < 2`` or a bad ``id2label`` (see ``labels.resolve_id2label``).
         ModelNotFoundError: the model cannot be found locally, in a package, or on the Hub (one line
             that says how to point at a local folder).
     """
+    id2label = resolve_id2label(num_labels, id2label)
     path = resolve_model_path(model_name_or_path)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -65,7 +70,7 @@ def load_backbone(model_name_or_path: str, torch_dtype: str | None = None,
             config = AutoConfig.from_pretrained(path, trust_remote_code=False)
             overrides = {name: dropout for name in DROPOUT_CONFIG_NAMES if hasattr(config, name)}
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()},
+            path, num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()},
             trust_remote_code=False, dtype=HALF_DTYPES.get(torch_dtype, torch.float32),
             ignore_mismatched_sizes=True, output_loading_info=True, **overrides,
         )
@@ -79,7 +84,7 @@ def load_backbone(model_name_or_path: str, torch_dtype: str | None = None,
         old = ", ".join(f"{key} {tuple(saved)}" for key, saved, _ in mismatched)
         new = ", ".join(f"{key} {tuple(shape)}" for key, _, shape in mismatched)
         rank_zero_info(f"{model_name_or_path} holds a head of another width: the old head ({old}) was replaced "
-                       f"by a new 2-label one ({new})")
+                       f"by a new {num_labels}-label one ({new})")
     return model, new_modules(model, set(info["missing_keys"]) | {key for key, _, _ in mismatched})
 
 

@@ -14,11 +14,16 @@ from typing import Mapping
 import torch
 
 from lora_lightning.errors import CheckpointError
+from lora_lightning.labels import ID2LABEL, resolve_id2label
 
 # Options that decide which tensors exist and what they mean: a checkpoint is only valid with its own.
 STRUCTURE_OPTIONS = ("finetune", "r", "lora_alpha", "target_modules", "train_pooler", "use_rslora", "use_dora")
-# What the structure options were before they existed as options (older checkpoints).
-STRUCTURE_DEFAULTS = {"finetune": "lora", "use_rslora": False, "use_dora": False}
+# The classes, which decide the head's width and what each output means: a checkpoint is only valid with
+# its own too. Apart from STRUCTURE_OPTIONS because they come from the data (linked from data.num_labels /
+# data.id2label by the CLI), so a checkpoint cannot set them: they are checked, never copied.
+LABEL_OPTIONS = ("num_labels", "id2label")
+# What these options were before they existed as options (older checkpoints: SST-2's two classes).
+STRUCTURE_DEFAULTS = {"finetune": "lora", "use_rslora": False, "use_dora": False, "num_labels": 2, "id2label": dict(ID2LABEL)}
 
 
 def normalise_hparam(value):
@@ -58,12 +63,15 @@ def keep_trainable(state_dict: Mapping[str, torch.Tensor], trainable: Mapping[st
 
 
 def check_options(saved: Mapping, current: Mapping) -> None:
-    """Refuse a checkpoint whose structure options (``STRUCTURE_OPTIONS``) differ from the model's.
+    """Refuse a checkpoint whose structure options (``STRUCTURE_OPTIONS``) or classes
+    (``LABEL_OPTIONS``: ``num_labels`` and the names ``id2label``, compared as the list of names by
+    class index, so ``{"0": ...}`` and ``{0: ...}`` are equal) differ from the model's.
 
     Checkpoints from before an option existed had its default (``STRUCTURE_DEFAULTS``).
 
     Raises:
-        CheckpointError: naming ``model.<option>``, both values, and what to pass.
+        CheckpointError: naming ``model.<option>``, both values, and what to pass; or, for the classes,
+            both label lists (one line).
     """
     saved = {**STRUCTURE_DEFAULTS, **saved}
     for name in STRUCTURE_OPTIONS:
@@ -72,6 +80,21 @@ def check_options(saved: Mapping, current: Mapping) -> None:
                 f"checkpoint was trained with model.{name}={saved[name]!r} but this run has "
                 f"model.{name}={current[name]!r}: pass --model.{name} {saved[name]!r} (or the run's config.yaml)"
             )
+    trained, here = label_names(saved), label_names(current)
+    if trained != here:
+        raise CheckpointError(f"checkpoint was trained with labels {trained}, this model has {here} "
+                              "(model.id2label, from the data's train file)")
+
+
+def label_names(options: Mapping) -> list[str]:
+    """The class names by index that hyperparameters give (``num_labels``, ``id2label``; neither: SST-2's).
+
+    Raises:
+        OptionError: they are not valid (see ``labels.resolve_id2label``).
+    """
+    if not any(name in options for name in LABEL_OPTIONS):
+        options = STRUCTURE_DEFAULTS
+    return list(resolve_id2label(options.get("num_labels", 2), options.get("id2label")).values())
 
 
 def fill_frozen(state: dict, trainable: Mapping[str, torch.Size], full: Mapping[str, torch.Tensor], model: str) -> None:

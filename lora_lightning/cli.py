@@ -26,8 +26,8 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from lora_lightning.callbacks import ResumeSafeSaveConfig, interactive
-from lora_lightning.checkpoint import STRUCTURE_OPTIONS, check_checkpoint, normalise_hparam
-from lora_lightning.data import SST2DataModule
+from lora_lightning.checkpoint import LABEL_OPTIONS, STRUCTURE_OPTIONS, check_checkpoint, normalise_hparam
+from lora_lightning.data import SST2DataModule, TextClassificationDataModule
 from lora_lightning.errors import LoRALightningError, LoRALightningWarning, OneLineErrors, OptionError
 from lora_lightning.model import LoRAClassifier
 
@@ -77,6 +77,12 @@ def resolve_config_args(args: list[str]) -> list[str]:
     return out
 
 
+def data_args(config) -> dict:
+    """The data module's options in a parsed config (``data.init_args``: the data class is a choice)."""
+    data = config["data"]
+    return data["init_args"] if data.get("class_path") else data
+
+
 class OneLineParser(OneLineErrors, LightningArgumentParser):
     """LightningCLI's parser, whose errors are one ``OptionError`` line with a "did you mean",
     instead of the usage text and an exit."""
@@ -85,11 +91,16 @@ class OneLineParser(OneLineErrors, LightningArgumentParser):
 
 
 class LoRACLI(LightningCLI):
-    """``LightningCLI`` with the data module's tokenizer linked to the model's ``model_name_or_path``,
+    """``LightningCLI`` with any ``TextClassificationDataModule`` as ``data`` (``SST2DataModule`` unless
+    ``data.class_path`` says otherwise), the data module's tokenizer linked to the model's
+    ``model_name_or_path``, the data's classes (``num_labels``, ``id2label``) linked to the model's,
     and the rules in this module's docstring."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("model.model_name_or_path", "data.model_name_or_path")
+        parser.set_defaults({"data": {"class_path": f"{SST2DataModule.__module__}.{SST2DataModule.__name__}"}})
+        parser.link_arguments("model.model_name_or_path", "data.init_args.model_name_or_path")
+        for name in LABEL_OPTIONS:  # read from the train file once the data module exists
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
 
     def _add_subcommands(self, parser, **kwargs) -> None:
         """Lightning's subcommands, and ``export`` (run by ``main``, listed here for ``--help``)."""
@@ -140,7 +151,7 @@ class LoRACLI(LightningCLI):
         match = f"--config {run_config}" if run_config.is_file() else "the same --data options"
         resumed = {}
         for name in DATA_OPTIONS.get(subcommand, ()):
-            given = self.config[subcommand]["data"].get(name)
+            given = data_args(self.config[subcommand]).get(name)
             if name in run_data and normalise_hparam(given) != normalise_hparam(run_data[name]):
                 if subcommand == "fit":  # a resumed run goes on with the data it was trained on
                     resumed[name] = run_data[name]
@@ -150,8 +161,23 @@ class LoRACLI(LightningCLI):
                     rank_zero_warn(f"--ckpt_path: data.{name}={given!r} here, but the checkpoint's run used "
                                    f"data.{name}={run_data[name]!r}, so this {subcommand} sees other sentences than "
                                    f"that run did (pass {match} to match it)", category=LoRALightningWarning)
-        if resumed:
-            self.config = self.parser.parse_object({subcommand: {"data": resumed}}, self.config)
+        for name, value in resumed.items():
+            data_args(self.config[subcommand])[name] = value
+
+    def instantiate_classes(self) -> None:
+        """Lightning's, with an error of ours raised inside a class's ``__init__`` passed on as it is:
+        jsonargparse wraps what a subclass-mode class (``data``) raises in its own type error."""
+        try:
+            super().instantiate_classes()
+        except LoRALightningError:
+            raise
+        except Exception as error:
+            cause = error
+            while cause is not None and not isinstance(cause, LoRALightningError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise cause from None
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -256,7 +282,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> LoRACLI:
         sys.argv[1:] = resolve_config_args(sys.argv[1:])
     return LoRACLI(
         LoRAClassifier,
-        SST2DataModule,
+        TextClassificationDataModule,
+        subclass_mode_data=True,
         seed_everything_default=42,
         parser_class=OneLineParser,
         parser_kwargs={"prog": "python -m lora_lightning"},

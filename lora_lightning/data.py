@@ -1,12 +1,13 @@
-"""SST-2 as a ``LightningDataModule``: read, split, tokenise, batch.
+"""Labeled text as a ``LightningDataModule``: read, split, tokenise, batch.
 
-A GLUE-format folder is parsed by one parser (``check_tsv``): the rows it validates are the rows
-``read_split`` turns into an in-memory ``datasets.Dataset``. Files are read from their bytes on every
-``setup``; nothing is cached on disk under a path or a modification time, so a file replaced in place
-(``cp -p``, ``rsync -a``, an archive) is read as it is now. Without a folder the splits come from the
-Hub (``datasets.load_dataset``, cached by dataset revision).
+``TextClassificationDataModule`` takes the user's files (``tables``: TSV, CSV, JSON lines, Parquet;
+any number of classes; one text or a pair per row). ``SST2DataModule`` is its preset for SST-2, the
+default task. Files are read from their bytes on every ``setup``; nothing is cached on disk under a
+path or a modification time, so a file replaced in place (``cp -p``, ``rsync -a``, an archive) is
+read as it is now. Without a folder SST-2 comes from the Hub (``datasets.load_dataset``, cached by
+dataset revision).
 
-Splits (GLUE, Wang et al. 2018; SST-2, Socher et al. 2013):
+SST-2's splits (GLUE, Wang et al. 2018; SST-2, Socher et al. 2013):
 
 - ``fit``: GLUE's train set (67,349 sentences) split ``1 - val_fraction`` / ``val_fraction``
   with ``seed`` into train (60,614) and val (6,735);
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from datasets import Dataset, DatasetDict, Features, Value, load_dataset
+from datasets import Dataset, Features, Value, load_dataset
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, DataCollatorWithPadding, PretrainedConfig
@@ -30,6 +31,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from lora_lightning.errors import DataFileError, LoRALightningWarning, OptionError
 from lora_lightning.hub import hub_error, load_tokenizer, resolve_model_path
 from lora_lightning.loaders import ResumableDataLoader, ShardedOrderSampler
+from lora_lightning.tables import (FORMATS, Table, check_columns, check_text, encode_labels, label_values, read_lines,
+                                   read_table)
 
 HUB_DATASET = ("nyu-mll/glue", "sst2")
 FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
@@ -82,75 +85,8 @@ def find_data_dir(data_dir: str | None) -> Path | None:
     return path
 
 
-def split_lines(path: Path, data: bytes) -> list[str]:
-    """UTF-8 (BOM allowed) ``data`` as lines without their LF or CRLF ends; the final newline ends
-    the last line rather than starting an empty one.
-
-    Only LF ends a line (a CR right before it is dropped with it). Any other character, a bare CR,
-    vertical tab, form feed, U+0085, U+2028 included, is text and stays in its line as is (the
-    tokenizer reads it as a space).
-
-    Raises:
-        DataFileError: invalid UTF-8, naming ``path`` and the line.
-    """
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise DataFileError(f"{path}, line {line}: not valid UTF-8 ({error.reason})") from None
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
-
-
-def check_tsv(path: Path, labeled: bool) -> tuple[list[str], list[list[str]]]:
-    """Parse and validate a GLUE-format TSV: the one parser of the data files.
-
-    ``read_split`` builds its ``Dataset`` from the rows returned here, so what is validated is
-    exactly what is read. Lines are ``split_lines``' (LF or CRLF ends a row; a bare CR is text);
-    fields are split at every tab, with no quoting (a ``"`` is text) and no missing-value parsing.
-
-    Checks, each with one error naming the file (and line): the file exists, is not empty, is
-    UTF-8 (a BOM and CRLF line ends are accepted), has a header with ``sentence`` (and ``label``
-    when ``labeled``) and at least one row, every row has as many tab-separated fields as the
-    header, and every label is 0 or 1 (spaces around it allowed).
-
-    Returns:
-        ``(header, rows)``: the column names, and each row's fields (str), in file order.
-
-    Raises:
-        DataFileError: the first problem found.
-    """
-    if not path.is_file():
-        raise DataFileError(f"{path}: file not found")
-    data = path.read_bytes()
-    if not data.strip():
-        raise DataFileError(f"{path}: file is empty (expected a header row 'sentence<TAB>label')")
-    lines = split_lines(path, data)
-    header = lines[0].split("\t")
-    need = ["sentence", "label"] if labeled else ["sentence"]
-    missing = [c for c in need if c not in header]
-    if missing:
-        hint = " (GLUE's test.tsv has no labels: use `predict` for it; `test` uses the labeled dev.tsv)" \
-            if labeled and "label" in missing and "sentence" in header else ""
-        raise DataFileError(f"{path}, line 1: missing column(s) {missing} in header {header}{hint}")
-    if len(lines) == 1:
-        raise DataFileError(f"{path}: has a header but no rows")
-    label_col = header.index("label") if labeled else None
-    rows = []
-    for number, line in enumerate(lines[1:], start=2):
-        fields = line.split("\t")
-        if len(fields) != len(header):
-            raise DataFileError(f"{path}, line {number}: {len(fields)} tab-separated fields, expected {len(header)} {header}")
-        if label_col is not None and fields[label_col].strip() not in ("0", "1"):
-            raise DataFileError(f"{path}, line {number}: label {fields[label_col]!r} is not 0 or 1")
-        rows.append(fields)
-    return header, rows
-
-
 def read_split(path: Path, labeled: bool) -> Dataset:
-    """Read one GLUE-format TSV: the rows ``check_tsv`` parsed and validated, as an in-memory ``Dataset``.
+    """Read one GLUE-format SST-2 TSV (``tables.check_tsv``'s parse) as an in-memory ``Dataset``.
 
     Tab-separated, quoting off (a ``"`` is text), every field kept as a string (no NA parsing:
     ``null``/``nan``/``NA``/``true`` stay text), UTF-8 with or without BOM, LF or CRLF line ends.
@@ -162,27 +98,20 @@ def read_split(path: Path, labeled: bool) -> Dataset:
         unlabeled file keeps its ``index`` column (string) if it has one.
 
     Raises:
-        DataFileError: see ``check_tsv``.
+        DataFileError: see ``tables.check_tsv``; a missing ``sentence``/``label`` column (line 1),
+            a label that is not 0 or 1 (its line).
     """
-    header, rows = check_tsv(path, labeled)
-    keep = ["sentence", "label"] if labeled else ["sentence"] + (["index"] if "index" in header else [])
-    fields = list(zip(*rows))  # column i -> its fields, in row order
-    columns = {name: list(fields[header.index(name)]) for name in keep}  # first of a repeated name, as check_tsv
-    if labeled:
-        columns["label"] = [int(v.strip()) for v in columns["label"]]
-    features = Features({name: Value("int64" if name == "label" else "string") for name in keep})
-    return Dataset.from_dict(columns, features=features)
-
-
-def read_lines(path: Path) -> Dataset:
-    """One sentence per line of a UTF-8 text file (trailing newline stripped, empty lines kept).
-
-    Raises:
-        DataFileError: the file is missing or not valid UTF-8 (with the line).
-    """
-    if not path.is_file():
-        raise DataFileError(f"data.predict_file: {path}: file not found")
-    return Dataset.from_dict({"sentence": split_lines(path, path.read_bytes())})
+    table = read_table(path, "data.data_dir")
+    need = ["sentence", "label"] if labeled else ["sentence"]
+    hint = " (GLUE's test.tsv has no labels: use `predict` for it; `test` uses the labeled dev.tsv)" \
+        if labeled and "label" not in table.rows.column_names and "sentence" in table.rows.column_names else ""
+    check_columns(table, {c: f"data.{c}" for c in need}, hint=hint)
+    if not labeled:
+        keep = ["sentence"] + (["index"] if "index" in table.rows.column_names else [])
+        return table.rows.select_columns(keep)
+    ids = encode_labels(table, [v.strip() for v in table.rows["label"]], {"0": 0, "1": 1}, "0 or 1")
+    return Dataset.from_dict({"sentence": table.rows["sentence"], "label": ids},
+                             features=Features({"sentence": Value("string"), "label": Value("int64")}))
 
 
 def model_token_limit(config: PretrainedConfig, tokenizer=None) -> int | None:
@@ -214,28 +143,44 @@ def model_token_limit(config: PretrainedConfig, tokenizer=None) -> int | None:
     return min(limits, default=None)
 
 
-class SST2DataModule(pl.LightningDataModule):
-    """SST-2 (binary sentiment) for sequence classification.
+class TextClassificationDataModule(pl.LightningDataModule):
+    """Labeled text files for sequence classification: one text (or a pair) and a label per row.
 
-    Data source, first that applies: ``data_dir`` (a GLUE-format ``SST-2`` folder with
-    ``train.tsv``, ``dev.tsv`` and optionally ``test.tsv``), ``$GLUE_DIR/SST-2``, the Hub's
-    ``nyu-mll/glue`` (config ``sst2``).
+    Files are read by ``tables.read_table`` by extension (``.tsv``, ``.csv``, ``.jsonl``/``.json``,
+    ``.parquet``; ``predict_file`` may also be a ``.txt`` of one text per line). Splits:
+
+    - ``fit``: ``train_file``, and ``validation_file``, or, without one, a seeded ``val_fraction``
+      split of ``train_file`` (``datasets``' ``train_test_split``);
+    - ``test``: ``test_file`` (labeled);
+    - ``predict``: ``predict_file`` (its labels, if any, are not read).
+
+    Labels are integers or strings (``tables.label_values``). The classes are the train file's
+    distinct labels, sorted (integers by value, strings by code point): class id ``i`` is the
+    ``i``-th. ``num_labels`` and ``id2label`` (names: the labels as text) reach the model through
+    LightningCLI's argument linking, are saved with its checkpoint and written into its exports.
+    A validation or test label that the train file does not have is refused.
 
     Args:
+        train_file: labeled training rows (required).
+        validation_file: labeled validation rows; ``None``: ``val_fraction`` of ``train_file``.
+        test_file: labeled rows for ``test``.
+        predict_file: rows (or ``.txt`` lines) for ``predict``.
+        text_column: the column with the text.
+        text_pair_column: a second text column for sentence pairs (NLI, paraphrase): tokenised as
+            ``[CLS] text [SEP] pair [SEP]``, ``token_type_ids`` 1 on the second segment.
+        label_column: the column with the label.
         model_name_or_path: the model whose fast tokenizer is used (linked to the model's by the CLI).
-        data_dir: GLUE-format SST-2 folder; ``None`` for ``$GLUE_DIR/SST-2`` or the Hub.
-        batch_size: training sentences per optimizer step.
-        eval_batch_size: sentences per validation/test/predict batch.
-        max_length: tokens per sentence at most (including [CLS] and [SEP]); longer are truncated.
-        val_fraction: share of GLUE's train set held out as the val split, in (0, 1).
+        batch_size: training rows per optimizer step.
+        eval_batch_size: rows per validation/test/predict batch.
+        max_length: tokens per row at most (including [CLS] and [SEP]); longer are truncated.
+        val_fraction: share of ``train_file`` held out as the val split when there is no
+            ``validation_file``, in (0, 1).
         seed: seed of the train/val split and of the length-grouped shuffle.
-        group_by_length: batch training sentences of similar length (less padding).
+        group_by_length: batch training rows of similar length (less padding).
         sort_eval_by_length: run val/test/predict batches sorted by length (predictions are
             written back in input order).
-        max_train_samples: use only the first N sentences of the train split (for quick runs), N >= 1.
-        max_eval_samples: use only the first N sentences of the val and test splits, N >= 1.
-        predict_file: a UTF-8 text file of one sentence per line to ``predict`` on instead of
-            GLUE's ``test.tsv``; every line (empty ones too) gets a prediction, in order.
+        max_train_samples: use only the first N rows of the train split (for quick runs), N >= 1.
+        max_eval_samples: use only the first N rows of the val and test splits, N >= 1.
         num_workers: DataLoader worker processes (0: in the main process).
 
     Every option is checked before the first training step, so none fails deep inside a run:
@@ -244,15 +189,25 @@ class SST2DataModule(pl.LightningDataModule):
     Raises:
         OptionError: when built: ``val_fraction`` outside (0, 1), ``max_length`` < 2,
             ``batch_size`` or ``eval_batch_size`` < 1, ``max_train_samples`` or
-            ``max_eval_samples`` < 1, ``num_workers`` < 0, ``seed`` outside [0, 2**32 - 1].
-            In ``setup``: see there.
-        DataFileError: in ``setup``, see ``read_split``.
+            ``max_eval_samples`` < 1, ``num_workers`` < 0, ``seed`` outside [0, 2**32 - 1], two
+            column options naming the same column. In ``setup``: see there.
+        DataFileError: in ``setup`` (and when ``num_labels``/``id2label`` are first read): see
+            ``tables``; a train file with a single class.
     """
+
+    LABELS: tuple | None = None  # a preset's fixed label values, in class-id order (None: the train file's)
+    LABEL_NAMES: tuple | None = None  # their names (None: the values as text)
 
     def __init__(
         self,
+        train_file: str,
+        validation_file: str | None = None,
+        test_file: str | None = None,
+        predict_file: str | None = None,
+        text_column: str = "text",
+        text_pair_column: str | None = None,
+        label_column: str = "label",
         model_name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2",
-        data_dir: str | None = None,
         batch_size: int = 32,
         eval_batch_size: int = 128,
         max_length: int = 128,
@@ -262,7 +217,6 @@ class SST2DataModule(pl.LightningDataModule):
         sort_eval_by_length: bool = True,
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
-        predict_file: str | None = None,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
@@ -279,32 +233,100 @@ class SST2DataModule(pl.LightningDataModule):
             raise OptionError(f"data.num_workers must be >= 0, got {num_workers}")
         if not 0 <= seed < 2**32:  # numpy's split refuses negative seeds; Lightning's seeds are uint32 too
             raise OptionError(f"data.seed must be in [0, 2**32 - 1], got {seed}")
+        columns = {"data.text_column": text_column, "data.text_pair_column": text_pair_column, "data.label_column": label_column}
+        given = [(k, v) for k, v in columns.items() if v is not None]
+        if len({v for _, v in given}) < len(given):
+            raise OptionError(f"{', '.join(f'{k}={v!r}' for k, v in given)}: each must name a different column")
+        self.files = {"train": train_file, "val": validation_file, "test": test_file, "predict": predict_file}
+        self.text_columns = [text_column] + ([text_pair_column] if text_pair_column else [])
+        self.label_column = label_column
         self.save_hyperparameters()
         self.tokenizer = None
         self.datasets: dict[str, Dataset] = {}
         self.predict_raw: Dataset | None = None
+        self._train_table: Table | None = None
+        self._label_values: list | None = None
 
-    def load_raw(self) -> DatasetDict:
-        """GLUE's SST-2 as ``train`` / ``validation`` (/ ``test``) with ``sentence`` and ``label``."""
-        path = find_data_dir(self.hparams.data_dir)
-        if path is None:
-            try:
-                raw = load_dataset(*HUB_DATASET)  # columns sentence, label, idx; the test labels are all -1
-            except Exception as error:  # offline, no access: datasets raises ConnectionError, FileNotFoundError, ...
-                raise DataFileError(
-                    f"SST-2: no data.data_dir and no GLUE_DIR, and the Hub's {HUB_DATASET[0]} ({HUB_DATASET[1]}) "
-                    f"could not be loaded ({type(error).__name__}). Set GLUE_DIR to the folder holding SST-2/ "
-                    f"(e.g. export GLUE_DIR=../shared/data/glue) or pass --data.data_dir"
-                ) from None
-            return DatasetDict({
-                "train": raw["train"].remove_columns("idx"),
-                "validation": raw["validation"].remove_columns("idx"),
-                "test": raw["test"].remove_columns("label").rename_column("idx", "index"),
-            })
-        splits = {"train": read_split(path / FILES["train"], True), "validation": read_split(path / FILES["validation"], True)}
-        if (path / FILES["test"]).is_file():
-            splits["test"] = read_split(path / FILES["test"], False)
-        return DatasetDict(splits)
+    # --- labels: read from the train file once, linked to the model by the CLI -------------------
+    def _train(self) -> Table:
+        if self._train_table is None:
+            self._train_table = read_table(self.files["train"], "data.train_file")
+        return self._train_table
+
+    @property
+    def label_values(self) -> list[int | str]:
+        """The label values in class-id order: ``LABELS``, or the train file's distinct labels, sorted.
+
+        Raises:
+            DataFileError: see ``tables``; a train file whose rows all have one label.
+        """
+        if self.LABELS is not None:
+            return list(self.LABELS)
+        if self._label_values is None:
+            table = self._train()
+            check_columns(table, {self.label_column: "data.label_column"})
+            values = sorted(set(label_values(table, self.label_column)))
+            if len(values) < 2:
+                raise DataFileError(f"{table.path}: every row has the label {values[0]!r}: a classifier needs at "
+                                    f"least 2 classes in data.train_file (column {self.label_column!r})")
+            self._label_values = values
+        return self._label_values
+
+    @property
+    def num_labels(self) -> int:
+        """Number of classes ``K`` (linked to ``model.num_labels``)."""
+        return len(self.label_values)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """Class id -> label name (linked to ``model.id2label``)."""
+        names = self.LABEL_NAMES or [str(v) for v in self.label_values]
+        return dict(enumerate(names))
+
+    # --- reading -----------------------------------------------------------------------------------
+    def _labeled(self, table: Table) -> Dataset:
+        """``table``'s text column(s) and its labels as class ids (``label``, int64), checked."""
+        needed = {c: o for c, o in zip(self.text_columns, ("data.text_column", "data.text_pair_column"))}
+        check_columns(table, {**needed, self.label_column: "data.label_column"})
+        for column in self.text_columns:
+            check_text(table, column)
+        values = label_values(table, self.label_column)
+        label2id = {v: i for i, v in enumerate(self.label_values)}
+        known = f"one of data.train_file's labels {self.label_values}"
+        ids = encode_labels(table, values, label2id, known)
+        texts = table.rows.select_columns(self.text_columns)
+        return texts.add_column("label", ids).cast_column("label", Value("int64"))
+
+    def _unlabeled(self, path: str) -> Dataset:
+        """``predict_file``'s text column(s): a table by extension, else one text per line."""
+        if Path(path).suffix.lower() not in FORMATS:
+            lines = read_lines(path)
+            if self.text_pair_column is not None:
+                raise OptionError(f"data.predict_file: {path}: a text file of lines has no second text for "
+                                  f"data.text_pair_column={self.text_pair_column!r}: use a .tsv/.csv/.jsonl/.parquet file")
+            return lines.rename_column("text", self.text_columns[0]) if self.text_columns[0] != "text" else lines
+        table = read_table(path, "data.predict_file")
+        needed = {c: o for c, o in zip(self.text_columns, ("data.text_column", "data.text_pair_column"))}
+        check_columns(table, needed)
+        for column in self.text_columns:
+            check_text(table, column)
+        return table.rows.select_columns(self.text_columns)
+
+    @property
+    def text_pair_column(self) -> str | None:
+        return self.text_columns[1] if len(self.text_columns) > 1 else None
+
+    def load_raw(self) -> dict[str, Dataset]:
+        """The splits that have files: ``train`` (and ``val``, ``test``), each with the text column(s)
+        and ``label`` (class ids); ``predict`` is read in ``setup``."""
+        raw = {"train": self._labeled(self._train())}
+        for split, option in (("val", "data.validation_file"), ("test", "data.test_file")):
+            if self.files[split] is not None:
+                raw[split] = self._labeled(read_table(self.files[split], option))
+        return raw
+
+    def _train_source(self) -> str:
+        return str(self._train().path)
 
     def prepare_data(self) -> None:
         """Download / cache the raw data and the tokenizer once (no state is set)."""
@@ -320,7 +342,7 @@ class SST2DataModule(pl.LightningDataModule):
         Raises:
             OptionError: ``max_length`` above ``model_token_limit``; a tokenizer with more tokens
                 than the model's embedding table has rows; ``val_fraction`` leaving no train rows.
-            DataFileError: see ``read_split`` and ``read_lines``.
+            DataFileError: see ``tables``.
             ModelNotFoundError: the model's tokenizer or config cannot be loaded.
         """
         if self.datasets:
@@ -328,30 +350,28 @@ class SST2DataModule(pl.LightningDataModule):
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.model_name_or_path)
         self._check_model_fits()
-        raw = self.load_raw()
-        try:
-            split = raw["train"].train_test_split(test_size=hp.val_fraction, seed=hp.seed)
-        except ValueError:  # datasets: "the resulting train set will be empty"
-            path = find_data_dir(hp.data_dir)
-            source = path / FILES["train"] if path is not None else f"the Hub's {HUB_DATASET[0]} train split"
-            raise OptionError(f"data.val_fraction={hp.val_fraction} leaves no train rows of the "
-                              f"{len(raw['train'])} in {source}") from None
-        parts = {"train": split["train"], "val": split["test"], "test": raw["validation"]}
-        if hp.predict_file is not None:
-            parts["predict"] = read_lines(Path(hp.predict_file))
-        elif "test" in raw:
-            parts["predict"] = raw["test"]
+        parts = self.load_raw()
+        if "val" not in parts:
+            try:
+                split = parts["train"].train_test_split(test_size=hp.val_fraction, seed=hp.seed)
+            except ValueError:  # datasets: "the resulting train set will be empty"
+                raise OptionError(f"data.val_fraction={hp.val_fraction} leaves no train rows of the "
+                                  f"{len(parts['train'])} in {self._train_source()}") from None
+            parts.update(train=split["train"], val=split["test"])
+        if self.files["predict"] is not None:
+            parts["predict"] = self._unlabeled(self.files["predict"])
         if "predict" in parts:
             self.predict_raw = parts["predict"]
             self._warn_truncation(parts["predict"])
         if hp.max_train_samples is not None:
             parts["train"] = parts["train"].select(range(min(hp.max_train_samples, len(parts["train"]))))
         if hp.max_eval_samples is not None:
-            sizes = {k: len(parts[k]) for k in ("val", "test")}
-            for k in ("val", "test"):
+            evals = [k for k in ("val", "test") if k in parts]
+            sizes = {k: len(parts[k]) for k in evals}
+            for k in evals:
                 parts[k] = parts[k].select(range(min(hp.max_eval_samples, len(parts[k]))))
-            rank_zero_info(f"data.max_eval_samples={hp.max_eval_samples}: val uses {len(parts['val']):,} of "
-                           f"{sizes['val']:,} sentences, test {len(parts['test']):,} of {sizes['test']:,}")
+            rank_zero_info(f"data.max_eval_samples={hp.max_eval_samples}: " +
+                           ", ".join(f"{k} uses {len(parts[k]):,} of {sizes[k]:,} rows" for k in evals))
         self.datasets = {k: self._tokenize(ds) for k, ds in parts.items()}
 
     def _check_model_fits(self) -> None:
@@ -380,21 +400,22 @@ class SST2DataModule(pl.LightningDataModule):
 
     def _warn_truncation(self, ds: Dataset) -> None:
         # verbose=False: no "longer than the specified maximum ... indexing errors" when we do truncate
-        lengths = [len(ids) for ids in self.tokenizer(list(ds["sentence"]), verbose=False)["input_ids"]]
+        texts = [list(ds[c]) for c in self.text_columns]
+        lengths = [len(ids) for ids in self.tokenizer(*texts, verbose=False)["input_ids"]]
         n = sum(length > self.hparams.max_length for length in lengths)
         if n:
-            rank_zero_warn(f"{n} of {len(lengths)} predict sentences are longer than max_length="
+            rank_zero_warn(f"{n} of {len(lengths)} predict rows are longer than max_length="
                            f"{self.hparams.max_length} tokens and are truncated", category=LoRALightningWarning)
 
     def predict_rows(self) -> Dataset:
-        """The raw ``predict`` rows (``sentence``, and ``index`` for GLUE's test.tsv), in input order."""
+        """The raw ``predict`` rows (the text column(s), and ``index`` for GLUE's test.tsv), in input order."""
         return self.predict_raw
 
     def _tokenize(self, ds: Dataset) -> Dataset:
-        tok, max_length = self.tokenizer, self.hparams.max_length
+        tok, max_length, columns = self.tokenizer, self.hparams.max_length, self.text_columns
 
-        def encode(batch):
-            enc = tok(batch["sentence"], truncation=True, max_length=max_length)
+        def encode(batch):  # a pair: [CLS] text [SEP] pair [SEP], token_type_ids 1 on the pair
+            enc = tok(*(batch[c] for c in columns), truncation=True, max_length=max_length)
             enc["length"] = [len(ids) for ids in enc["input_ids"]]
             return enc
 
@@ -429,7 +450,7 @@ class SST2DataModule(pl.LightningDataModule):
         world_size, rank = self._world()
         if not train:
             # Longest first, similar lengths together: less padding. Metrics don't depend on order;
-            # SST2PredictionWriter puts predictions back in input order from Lightning's batch indices.
+            # PredictionWriter puts predictions back in input order from Lightning's batch indices.
             order = sorted(range(len(ds)), key=ds["length"].__getitem__, reverse=True) if hp.sort_eval_by_length else None
             if world_size > 1:  # every sentence scored once across processes, none repeated
                 order = ShardedOrderSampler(order if order is not None else range(len(ds)), world_size, rank)
@@ -457,3 +478,88 @@ class SST2DataModule(pl.LightningDataModule):
         if "predict" not in self.datasets:
             raise DataFileError("predict needs GLUE's test.tsv in the SST-2 folder, which was not found")
         return self._loader("predict")
+
+
+class SST2DataModule(TextClassificationDataModule):
+    """SST-2 (binary sentiment, Socher et al. 2013, from GLUE): ``TextClassificationDataModule``'s preset.
+
+    Data source, first that applies: ``data_dir`` (a GLUE-format ``SST-2`` folder with
+    ``train.tsv``, ``dev.tsv`` and optionally ``test.tsv``), ``$GLUE_DIR/SST-2``, the Hub's
+    ``nyu-mll/glue`` (config ``sst2``). Splits: GLUE's train set, ``val_fraction`` of it held out
+    (seeded) as val; GLUE's labeled dev set as ``test``; GLUE's unlabeled test set as ``predict``.
+    Text column ``sentence``; labels 0/1, named ``negative``/``positive``.
+
+    Args:
+        model_name_or_path: the model whose fast tokenizer is used (linked to the model's by the CLI).
+        data_dir: GLUE-format SST-2 folder; ``None`` for ``$GLUE_DIR/SST-2`` or the Hub.
+        batch_size: training sentences per optimizer step.
+        eval_batch_size: sentences per validation/test/predict batch.
+        max_length: tokens per sentence at most (including [CLS] and [SEP]); longer are truncated.
+        val_fraction: share of GLUE's train set held out as the val split, in (0, 1).
+        seed: seed of the train/val split and of the length-grouped shuffle.
+        group_by_length: batch training sentences of similar length (less padding).
+        sort_eval_by_length: run val/test/predict batches sorted by length (predictions are
+            written back in input order).
+        max_train_samples: use only the first N sentences of the train split (for quick runs), N >= 1.
+        max_eval_samples: use only the first N sentences of the val and test splits, N >= 1.
+        predict_file: a file to ``predict`` on instead of GLUE's ``test.tsv``: a UTF-8 text file of
+            one sentence per line (every line, empty ones too, gets a prediction, in order), or a
+            ``.tsv``/``.csv``/``.jsonl``/``.parquet`` file with a ``sentence`` column.
+        num_workers: DataLoader worker processes (0: in the main process).
+
+    Raises:
+        OptionError: as ``TextClassificationDataModule``.
+        DataFileError: in ``setup``, see ``read_split``.
+    """
+
+    LABELS = (0, 1)
+    LABEL_NAMES = ("negative", "positive")
+
+    def __init__(
+        self,
+        model_name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2",
+        data_dir: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        max_length: int = 128,
+        val_fraction: float = 0.1,
+        seed: int = 42,
+        group_by_length: bool = True,
+        sort_eval_by_length: bool = True,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        predict_file: str | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(
+            train_file=None, predict_file=predict_file, text_column="sentence", label_column="label",
+            model_name_or_path=model_name_or_path, batch_size=batch_size, eval_batch_size=eval_batch_size,
+            max_length=max_length, val_fraction=val_fraction, seed=seed, group_by_length=group_by_length,
+            sort_eval_by_length=sort_eval_by_length, max_train_samples=max_train_samples,
+            max_eval_samples=max_eval_samples, num_workers=num_workers)
+        # this preset's options only: the base class's file and column options are data_dir's and SST-2's
+        self.save_hyperparameters(ignore=["train_file", "validation_file", "test_file", "text_column",
+                                          "text_pair_column", "label_column"])
+
+    def load_raw(self) -> dict[str, Dataset]:
+        """GLUE's SST-2 as ``train``, ``test`` (GLUE dev) and, when there is one, ``predict`` (GLUE test)."""
+        path = find_data_dir(self.hparams.data_dir)
+        if path is None:
+            try:
+                raw = load_dataset(*HUB_DATASET)  # columns sentence, label, idx; the test labels are all -1
+            except Exception as error:  # offline, no access: datasets raises ConnectionError, FileNotFoundError, ...
+                raise DataFileError(
+                    f"SST-2: no data.data_dir and no GLUE_DIR, and the Hub's {HUB_DATASET[0]} ({HUB_DATASET[1]}) "
+                    f"could not be loaded ({type(error).__name__}). Set GLUE_DIR to the folder holding SST-2/ "
+                    f"(e.g. export GLUE_DIR=../shared/data/glue) or pass --data.data_dir"
+                ) from None
+            return {"train": raw["train"].remove_columns("idx"), "test": raw["validation"].remove_columns("idx"),
+                    "predict": raw["test"].remove_columns("label").rename_column("idx", "index")}
+        splits = {"train": read_split(path / FILES["train"], True), "test": read_split(path / FILES["validation"], True)}
+        if (path / FILES["test"]).is_file():
+            splits["predict"] = read_split(path / FILES["test"], False)
+        return splits
+
+    def _train_source(self) -> str:
+        path = find_data_dir(self.hparams.data_dir)
+        return str(path / FILES["train"]) if path is not None else f"the Hub's {HUB_DATASET[0]} train split"

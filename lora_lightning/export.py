@@ -3,13 +3,16 @@
 ``python -m lora_lightning export --ckpt_path CKPT --output_dir DIR --format merged|adapter``
 
 - ``merged``: LoRA folded into the weights (``W0 + lora_alpha / r * B A``), saved as a plain Hugging
-  Face folder (``config.json`` with ``id2label``, ``model.safetensors``, tokenizer files) that
-  ``AutoModelForSequenceClassification`` and ``pipeline("text-classification")`` load as is.
+  Face folder (``config.json`` with the K classes' ``id2label``/``label2id``, ``model.safetensors``,
+  tokenizer files) that ``AutoModelForSequenceClassification`` and ``pipeline("text-classification")``
+  load as is (the pipeline answers with the class names).
 - ``adapter``: the PEFT LoRA format (``adapter_config.json`` + ``adapter_model.safetensors``; every
   module trained in full, e.g. DistilBERT's ``pre_classifier`` and ``classifier``, listed in
   ``modules_to_save`` and its tensors under their plain names, as PEFT saves them), which
   ``peft.PeftModel.from_pretrained(base, DIR)`` loads. Written with ``json`` and ``safetensors``;
-  this package never imports ``peft``.
+  this package never imports ``peft``. As in PEFT's own adapters, nothing in the folder says how
+  many classes the head has (its ``classifier`` is ``(K, hidden)``): ``base`` must be built with
+  ``num_labels=K`` (and ``id2label``, for the names); ``export`` prints that call.
 
 Files and folder get the usual permissions (``0o666``/``0o777`` less the umask), not private ones.
 """
@@ -146,7 +149,16 @@ def export(
         if tmp.exists():
             shutil.rmtree(tmp)
     print(f"Wrote the {format} export of {ckpt_path} to {out}/")
+    if format == "adapter":
+        print(f"Load it with peft.PeftModel.from_pretrained({base_model_call(dict(module.hparams), module.model.config.id2label)}, "
+              f"{str(out)!r})")
     return out
+
+
+def base_model_call(hparams: dict, id2label: dict[int, str]) -> str:
+    """The transformers call that builds the base an adapter export loads into: its K labels, named."""
+    return (f"AutoModelForSequenceClassification.from_pretrained({hparams['model_name_or_path']!r}, "
+            f"num_labels={len(id2label)}, id2label={dict(id2label)!r})")
 
 
 def _umask() -> int:

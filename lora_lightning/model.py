@@ -1,4 +1,4 @@
-"""``LoRAClassifier``: a LoRA-patched ``BertForSequenceClassification`` as a ``LightningModule``."""
+"""``LoRAClassifier``: a LoRA-patched ``BertForSequenceClassification`` (K classes) as a ``LightningModule``."""
 
 from __future__ import annotations
 
@@ -9,15 +9,20 @@ from typing import Literal
 
 import torch
 import pytorch_lightning as pl
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import BinaryAccuracy, BinaryF1Score
+from torchmetrics import MeanMetric, Metric, MetricCollection
+from torchmetrics.classification import (BinaryAccuracy, BinaryConfusionMatrix, BinaryF1Score, MulticlassAccuracy,
+                                         MulticlassConfusionMatrix, MulticlassF1Score)
+from torchmetrics.wrappers import ClasswiseWrapper
 
 from lora_lightning.checkpoint import check_options, fill_frozen, keep_trainable
 from lora_lightning.errors import CheckpointError, LoRALightningWarning, OptionError, TrainingDivergedError
 from lora_lightning.backbone import HEAD_NAMES, check_lora_outside, load_backbone
+from lora_lightning.labels import resolve_id2label
 from lora_lightning.lora import count_parameters, inject_lora, mark_only_lora_as_trainable, merge_lora, unmerge_lora
 
 
@@ -35,20 +40,68 @@ def register_hparams_metric(logger: TensorBoardLogger, params: dict, metric: str
         writer.add_summary(summary)
 
 
+def classification_metrics(names: list[str]) -> MetricCollection:
+    """The evaluation metrics for ``K = len(names)`` classes, unprefixed (``clone(prefix="val_")`` names them).
+
+    Each is updated with ``preds (B,)`` and ``labels (B,)``, class indices in ``0..K-1``.
+    K = 2: ``acc`` (``BinaryAccuracy``) and ``f1`` (``BinaryF1Score``, class 1 the positive one), as
+    for SST-2 always. K > 2: ``acc`` (``MulticlassAccuracy``, micro: the share of rows right),
+    ``macro_f1`` (``MulticlassF1Score``, the mean of the per-class F1) and ``f1``, a ``ClasswiseWrapper``
+    of the per-class F1 whose ``compute()`` is a dict ``{"f1_<name>": value}`` (in a collection
+    prefixed ``val_``: ``val_f1_<name>``).
+    """
+    if len(names) == 2:
+        return MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score()})
+    k = len(names)
+    # No compute groups: torchmetrics would have macro_f1 share the per-class F1's states, but Lightning
+    # resets macro_f1 (a logged Metric object) and not the per-class F1 (computed by this module): apart,
+    # each keeps its own, whatever resets them when.
+    return MetricCollection({
+        "acc": MulticlassAccuracy(num_classes=k, average="micro"),
+        "macro_f1": MulticlassF1Score(num_classes=k, average="macro"),
+        "f1": ClasswiseWrapper(MulticlassF1Score(num_classes=k, average=None), labels=list(names), prefix="f1_"),
+    }, compute_groups=False)
+
+
+def confusion_matrix(num_labels: int) -> Metric:
+    """``BinaryConfusionMatrix`` (K = 2) or ``MulticlassConfusionMatrix(K)``, updated with ``preds (B,)``
+    and ``labels (B,)``; ``compute()`` gives the counts ``(K, K)``, row = true class, column = predicted."""
+    return BinaryConfusionMatrix() if num_labels == 2 else MulticlassConfusionMatrix(num_classes=num_labels)
+
+
+def confusion_figure(confusion: Metric, counts: torch.Tensor, names: list[str], title: str) -> Figure:
+    """``counts (K, K)`` drawn by torchmetrics' ``confusion.plot`` (class names on the axes, counts in
+    the cells) on a matplotlib ``Figure`` with the Agg canvas: no display, and nothing left in pyplot's
+    state (so nothing to close, and a user's own backend is left alone)."""
+    side = min(12.0, 2.5 + 0.6 * len(names))  # inches: room for K names
+    fig = Figure(figsize=(side, side), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    confusion.plot(counts.cpu(), ax=ax, labels=list(names))
+    ax.set_title(title)
+    return fig
+
+
 class LoRAClassifier(pl.LightningModule):
-    """Binary sentence classifier: a frozen pretrained encoder with LoRA (Hu et al. 2021,
-    arXiv:2106.09685) in its attention, plus a trained classification head.
+    """Sentence classifier over ``num_labels`` (K) classes: a frozen pretrained encoder with LoRA
+    (Hu et al. 2021, arXiv:2106.09685) in its attention, plus a trained classification head.
 
     Batches are dicts from ``SST2DataModule``: ``input_ids``/``attention_mask``/``token_type_ids``
-    of shape ``(B, T)`` and ``labels`` of shape ``(B,)``; logits are ``(B, 2)``. ``token_type_ids``
-    are dropped for a model that takes none (DistilBERT).
+    of shape ``(B, T)`` and ``labels`` of shape ``(B,)`` (class indices ``0..K-1``); logits are
+    ``(B, K)``. ``token_type_ids`` are dropped for a model that takes none (DistilBERT).
+
+    Logged per validation / test (``val_`` / ``test_``): ``loss``; for K = 2 ``acc`` and ``f1``
+    (binary, class 1 positive); for K > 2 ``acc`` (micro), ``macro_f1`` and ``f1_<name>`` per class
+    (see ``classification_metrics``). With a ``TensorBoardLogger``, the confusion matrix as a figure,
+    ``val_confusion_matrix`` / ``test_confusion_matrix``, at the end of every validation (not the
+    sanity check) and test.
 
     Trained in full (``modules_to_save``, the adapter export's too): every module that
     ``model_name_or_path`` does not hold (the new head: BERT's ``classifier``, DistilBERT's
     ``pre_classifier`` and ``classifier``, RoBERTa's ``classifier`` module), the task head
     (``classifier``/``score``) even when the folder holds a 2-label one, and the pooler with
-    ``train_pooler``; one log line names them. A folder whose head has another width (an NLI
-    model's 3 labels) gets a new 2-label head.
+    ``train_pooler``; one log line names them. A folder whose head has another width than K (an NLI
+    model's 3 labels, K = 2) gets a new K-label head; a head of width K is kept (and trained on).
 
     Args:
         model_name_or_path: Hub id or local folder of a BERT-like encoder.
@@ -80,6 +133,11 @@ class LoRAClassifier(pl.LightningModule):
             multiple of ``learning_rate`` (the paper suggests 16); ``null``: one learning rate.
         backbone_dropout: every dropout probability of the backbone's config (hidden, attention,
             classifier); ``null`` keeps the config's (0.1 for BERT). LoRA's own is ``lora_dropout``.
+        num_labels: number of classes K, at least 2 (the head's width); set from the data by the CLI.
+        id2label: class index -> name, keys exactly ``0..K-1`` (``"0"`` string keys are read as
+            ints), names distinct; it names the metrics, the exports' labels and the predictions.
+            ``null``: SST-2's ``negative``/``positive`` when K = 2, else ``LABEL_<i>``. Set from the
+            data by the CLI.
 
     Checkpoints hold only the trainable tensors (LoRA ``A``/``B``, the head, anything else set
     trainable), with the optimizer state and the hyperparameters; the frozen base is rebuilt from
@@ -90,7 +148,8 @@ class LoRAClassifier(pl.LightningModule):
             trained in full (see ``check_lora_outside``), ``train_pooler`` for a model without a
             pooler, ``warmup_ratio`` outside [0, 1), ``learning_rate <= 0``, ``loraplus_lr_ratio <= 0``,
             ``backbone_dropout`` outside [0, 1), a LoRA variant with ``finetune=full``, ``finetune`` not
-            ``lora``/``full``.
+            ``lora``/``full``, ``num_labels < 2``, an ``id2label`` whose keys are not exactly ``0..K-1``
+            or whose names repeat (see ``labels.resolve_id2label``).
         ModelNotFoundError: the model cannot be loaded (see ``load_backbone``).
     """
 
@@ -113,6 +172,8 @@ class LoRAClassifier(pl.LightningModule):
         use_dora: bool = False,
         loraplus_lr_ratio: float | None = None,
         backbone_dropout: float | None = None,
+        num_labels: int = 2,
+        id2label: dict[int, str] | None = None,
     ) -> None:
         super().__init__()
         if not learning_rate > 0:
@@ -127,8 +188,10 @@ class LoRAClassifier(pl.LightningModule):
                                                      ("loraplus_lr_ratio", loraplus_lr_ratio is not None)) if on]
         if finetune == "full" and variants:
             raise OptionError(f"{', '.join(variants)} need model.finetune=lora: full fine-tuning has no LoRA")
+        id2label = resolve_id2label(num_labels, id2label)  # saved so, by save_hyperparameters: int keys, names filled in
+        self.label_names = list(id2label.values())  # by class index
         self.save_hyperparameters()
-        self.model, new = load_backbone(model_name_or_path, torch_dtype, backbone_dropout)
+        self.model, new = load_backbone(model_name_or_path, torch_dtype, backbone_dropout, num_labels, id2label)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
         if finetune not in ("lora", "full"):
             raise OptionError(f"model.finetune must be 'lora' or 'full', got {finetune!r}")
@@ -165,15 +228,16 @@ class LoRAClassifier(pl.LightningModule):
         signature = inspect.signature(self.model.forward).parameters.values()
         self.forward_inputs = {p.name for p in signature if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
         self.loss_fn = nn.CrossEntropyLoss()
-        metrics = MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score()})
+        metrics = classification_metrics(self.label_names)
         self.val_metrics = metrics.clone(prefix="val_")
         self.test_metrics = metrics.clone(prefix="test_")
+        self.val_confusion, self.test_confusion = confusion_matrix(num_labels), confusion_matrix(num_labels)
         # mean loss over samples, synchronised across processes like the other metrics
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Token ids ``(B, T)`` -> logits ``(B, 2)``.
+        """Token ids ``(B, T)`` -> logits ``(B, K)``, K = ``num_labels``.
 
         Only the inputs given (not ``None``) and named in the model's ``forward`` reach it: DistilBERT
         takes no ``token_type_ids``, which BERT tokenizers yield.
@@ -209,21 +273,55 @@ class LoRAClassifier(pl.LightningModule):
         self._eval_step(batch, "test", self.test_metrics)
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str, metrics: MetricCollection) -> None:
+        """Update the stage's loss, metrics and confusion matrix with one batch; log the scalar metrics
+        as Metric objects (Lightning computes them over the epoch, synced across processes)."""
         loss, preds, labels = self._shared_step(batch)
         metrics.update(preds, labels)
+        getattr(self, f"{stage}_confusion").update(preds, labels)
         mean_loss = getattr(self, f"{stage}_loss")
         mean_loss.update(loss.detach(), weight=labels.numel())
         self.log(f"{stage}_loss", mean_loss, prog_bar=True, batch_size=labels.numel())
-        self.log_dict(metrics, prog_bar=True, batch_size=labels.numel())
+        # what log_dict(metrics) logs, less the per-class F1 (a dict, which self.log cannot take): on_*_epoch_end
+        scalars = {name: m for name, m in metrics.items(keep_base=False, copy_state=False) if not isinstance(m, ClasswiseWrapper)}
+        self.log_dict(scalars, prog_bar=True, batch_size=labels.numel())
+
+    def _eval_epoch_start(self, stage: str) -> None:
+        """Reset the stage's loss, metrics and confusion matrix: their states are then made under this
+        loop's grad mode (inference tensors can't be updated in place otherwise), and the per-class F1
+        and the confusion matrix, which are not Metric objects that Lightning resets, start empty."""
+        for metric in (getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_confusion")):
+            metric.reset()
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        """Log the per-class F1 (K > 2) under the keys ``MetricCollection.compute`` gives them
+        (``val_f1_<name>``), and, with a ``TensorBoardLogger``, the confusion matrix as a figure
+        (``<stage>_confusion_matrix``, at ``global_step``) except in the sanity check."""
+        metrics = getattr(self, f"{stage}_metrics")
+        for metric in metrics.values(copy_state=False):
+            if isinstance(metric, ClasswiseWrapper):  # compute() syncs across processes; sync_dist averages equal values
+                self.log_dict({f"{metrics.prefix}{k}": v for k, v in metric.compute().items()}, sync_dist=True)
+        boards = [logger for logger in self.loggers if isinstance(logger, TensorBoardLogger)]
+        if not boards or self.trainer.sanity_checking:
+            return
+        confusion = getattr(self, f"{stage}_confusion")
+        counts = confusion.compute()  # (K, K), on every process: it syncs them
+        if self.trainer.is_global_zero:
+            for board in boards:
+                fig = confusion_figure(confusion, counts, self.label_names, f"{stage} confusion matrix, step {self.global_step}")
+                board.experiment.add_figure(f"{stage}_confusion_matrix", fig, global_step=self.global_step)
 
     def on_validation_epoch_start(self) -> None:
-        self.val_loss.reset()  # states made under this loop's grad mode (inference tensors can't be updated in place otherwise)
+        self._eval_epoch_start("val")
 
     def on_test_epoch_start(self) -> None:
-        self.test_loss.reset()
+        self._eval_epoch_start("test")
+
+    def on_test_epoch_end(self) -> None:
+        """Log the per-class F1 (K > 2) and the confusion-matrix figure (see ``_eval_epoch_end``)."""
+        self._eval_epoch_end("test")
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Class probabilities ``(B, 2)`` (softmax of the logits)."""
+        """Class probabilities ``(B, num_labels)`` (softmax of the logits), column i the class ``id2label[i]``."""
         return self(**{k: v for k, v in batch.items() if k != "labels"}).softmax(-1)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
@@ -250,7 +348,8 @@ class LoRAClassifier(pl.LightningModule):
             f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
         )
         if self.logger is not None:
-            params = {k: v for k, v in self.hparams.items() if not k.startswith("_")}  # not LightningCLI's _instantiator
+            # not LightningCLI's _instantiator; nor the K class names (num_labels is there)
+            params = {k: v for k, v in self.hparams.items() if not k.startswith("_") and k != "id2label"}
             datamodule = getattr(self.trainer, "datamodule", None)
             if datamodule is not None:  # the data options too, for the HPARAMS tab
                 params.update({f"data.{k}": v for k, v in datamodule.hparams.items() if k != "model_name_or_path"})
@@ -260,9 +359,11 @@ class LoRAClassifier(pl.LightningModule):
                 register_hparams_metric(self.logger, params, "hp/val_acc")
 
     def on_validation_epoch_end(self) -> None:
-        """Copy the epoch's val accuracy to ``hp/val_acc`` (the hparams tab's metric) during fit."""
+        """Copy the epoch's val accuracy to ``hp/val_acc`` (the hparams tab's metric) during fit; log
+        the per-class F1 (K > 2) and the confusion-matrix figure (see ``_eval_epoch_end``)."""
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
             self.log("hp/val_acc", self.val_metrics["acc"].compute())
+        self._eval_epoch_end("val")
 
     def setup(self, stage: str) -> None:
         """Check that ``torch_dtype`` and ``trainer.precision`` can run on this accelerator.
@@ -302,8 +403,10 @@ class LoRAClassifier(pl.LightningModule):
         then fill in the frozen base (already loaded from ``model_name_or_path``).
 
         The structure options saved with the checkpoint (``finetune``, ``r``, ``lora_alpha``,
-        ``target_modules``, ``train_pooler``) must equal this model's: a different ``lora_alpha``
-        would silently rescale the update.
+        ``target_modules``, ``train_pooler``, ``use_rslora``, ``use_dora``) must equal this model's: a
+        different ``lora_alpha`` would silently rescale the update. So must its labels (``num_labels``,
+        ``id2label``; a checkpoint from before they were options has SST-2's two): the same head width
+        with other class names would silently mislabel every prediction.
 
         Raises:
             CheckpointError: see ``checkpoint.check_options`` and ``checkpoint.fill_frozen``.

@@ -19,13 +19,13 @@ def _flatten(indices) -> list[int]:
     return [i for item in (indices or []) for i in _flatten(item)]
 
 
-class SST2PredictionWriter(BasePredictionWriter):
+class PredictionWriter(BasePredictionWriter):
     """Writes ``predict``'s class probabilities to a TSV once the predict epoch ends.
 
     For GLUE's ``test.tsv`` (rows with an ``index``) it writes GLUE's submission format
-    ``index<TAB>prediction`` (0/1); for a plain text file (``--data.predict_file``) it writes
-    ``sentence<TAB>label<TAB>probability`` (label name, probability of that label), one row per
-    input line, in input order.
+    ``index<TAB>prediction`` (0/1); for any other ``--data.predict_file`` it writes the text
+    column(s), then ``label`` (the class name, ``id2label``) and ``probability`` (of that class), one
+    row per input row or line, in input order, e.g. ``sentence<TAB>label<TAB>probability`` for SST-2.
 
     Args:
         output_path: file to write; ``None`` writes ``predictions.tsv`` in the run's log folder.
@@ -77,7 +77,11 @@ class SST2PredictionWriter(BasePredictionWriter):
                 writer.writerow(["index", "prediction"])
                 writer.writerows(zip(rows["index"], labels))
             else:
-                writer.writerow(["sentence", "label", "probability"])
-                for sentence, label, p in zip(rows["sentence"], labels, probs.tolist()):
-                    writer.writerow([sentence, id2label[label], f"{p[label]:.6f}"])
+                texts = trainer.datamodule.text_columns  # the text (and pair) column names, e.g. sentence
+                writer.writerow([*texts, "label", "probability"])
+                for *text, label, p in zip(*(rows[c] for c in texts), labels, probs.tolist()):
+                    writer.writerow([*text, id2label[label], f"{p[label]:.6f}"])
         rank_zero_info(f"Wrote {len(labels)} predictions to {path}")
+
+
+SST2PredictionWriter = PredictionWriter  # its earlier name, which runs saved before it was renamed use

@@ -110,6 +110,39 @@ def toy_rows(n: int, seed: int = 0) -> list[tuple[str, int]]:
     return rows
 
 
+CLASS_WORDS = {"complaint": NEGATIVE, "praise": POSITIVE[:3], "rave": POSITIVE[3:]}
+
+
+def three_class_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` (text, label) rows with 3 string labels, each given by one word of ``CLASS_WORDS``."""
+    g = torch.Generator().manual_seed(seed)
+    names = list(CLASS_WORDS)
+    rows = []
+    for i in range(n):
+        label = names[i % 3]
+        words = CLASS_WORDS[label]
+        filler = [FILLER[int(j)] for j in torch.randint(len(FILLER), (int(torch.randint(2, 6, (1,), generator=g)),), generator=g)]
+        filler.insert(int(torch.randint(len(filler) + 1, (1,), generator=g)), words[int(torch.randint(len(words), (1,), generator=g))])
+        rows.append((" ".join(filler), label))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def three_class_dir(tmp_path_factory) -> Path:
+    """Own data with 3 string labels (complaint / praise / rave) in three formats: train.csv (240
+    rows), validation.jsonl (60), test.parquet (60), and predict.txt (6 lines)."""
+    import json
+
+    import pandas as pd
+
+    d = tmp_path_factory.mktemp("three-class")
+    pd.DataFrame(three_class_rows(240, seed=0), columns=["text", "label"]).to_csv(d / "train.csv", index=False)
+    (d / "validation.jsonl").write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in three_class_rows(60, seed=1)))
+    pd.DataFrame(three_class_rows(60, seed=2), columns=["text", "label"]).to_parquet(d / "test.parquet")
+    (d / "predict.txt").write_text("".join(t + "\n" for t, _ in three_class_rows(6, seed=3)))
+    return d
+
+
 def write_tsv(path: Path, header: str, rows) -> Path:
     path.write_text(header + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
     return path

@@ -210,3 +210,66 @@ def test_variant_options_are_checked_on_load(tiny_ckpt, tiny_model_dir, tmp_path
         old["hyper_parameters"].pop(name, None)
     torch.save(old, tmp_path / "old.ckpt")
     assert LoRAClassifier.load_from_checkpoint(tmp_path / "old.ckpt", map_location="cpu").hparams.use_dora is False
+
+
+def three_label_ckpt(model_dir: str, path) -> str:
+    """A checkpoint of a 3-label model (test_model.NAMES) after 2 steps on the 3-class toy batches."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from test_model import NAMES, class_batches
+
+    pl.seed_everything(0)
+    module = LoRAClassifier(model_dir, r=4, lora_alpha=8, learning_rate=1e-2, num_labels=3, id2label=NAMES)
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=DataLoader(class_batches(2), batch_size=None))
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+def test_checkpoint_of_other_labels_is_refused(tiny_model_dir, tmp_path):
+    """Issue 12: a 3-label checkpoint is refused, in one line naming both label lists, by a model with other
+    names (same width) or other labels; it loads with its own, whether id2label's keys are ints or strings."""
+    from torch.utils.data import DataLoader
+
+    from lora_lightning.errors import CheckpointError
+    from test_model import NAMES, class_batches
+
+    ckpt = three_label_ckpt(tiny_model_dir, tmp_path / "three.ckpt")
+    state = torch.load(ckpt, weights_only=True)
+    assert state["hyper_parameters"]["num_labels"] == 3 and state["hyper_parameters"]["id2label"] == NAMES
+    assert state["state_dict"]["model.classifier.weight"].shape == (3, 32)
+    val = DataLoader(class_batches(1), batch_size=None)
+    other = LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8, num_labels=3, id2label={0: "low", 1: "high", 2: "mid"})
+    with pytest.raises(CheckpointError, match=r"^checkpoint was trained with labels \['low', 'high', 'so so'\], this model "
+                                              r"has \['low', 'high', 'mid'\] \(model.id2label, from the data's train file\)$"):
+        quiet_trainer().validate(other, val, ckpt_path=ckpt)
+    with pytest.raises(CheckpointError, match=r"labels \['low', 'high', 'so so'\], this model has \['negative', 'positive'\]"):
+        LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8).on_load_checkpoint(torch.load(ckpt, weights_only=True))
+    with pytest.raises(CheckpointError, match=r"this model has \['LABEL_0', 'LABEL_1', 'LABEL_2', 'LABEL_3'\]"):
+        LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8, num_labels=4).on_load_checkpoint(torch.load(ckpt, weights_only=True))
+    state["hyper_parameters"]["id2label"] = {str(k): v for k, v in NAMES.items()}  # as from a YAML round trip
+    torch.save(state, tmp_path / "str-keys.ckpt")
+    again = LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8, num_labels=3, id2label=NAMES)
+    quiet_trainer().validate(again, val, ckpt_path=tmp_path / "str-keys.ckpt", verbose=False)
+    assert torch.equal(again.model.classifier.weight, state["state_dict"]["model.classifier.weight"])
+    assert LoRAClassifier.load_from_checkpoint(tmp_path / "str-keys.ckpt").model.config.id2label == NAMES
+
+
+def test_checkpoint_from_before_labels_were_options_is_sst2(tiny_ckpt, tiny_model_dir, tmp_path):
+    """A checkpoint saved before num_labels/id2label existed (neither in its hyperparameters) had SST-2's two
+    classes: it loads into a default model, and a 3-label model refuses it by both label lists."""
+    from lora_lightning.errors import CheckpointError
+    from test_model import NAMES
+
+    old = torch.load(tiny_ckpt, weights_only=True)
+    for name in ("num_labels", "id2label"):
+        old["hyper_parameters"].pop(name, None)
+    torch.save(old, tmp_path / "old.ckpt")
+    loaded = LoRAClassifier.load_from_checkpoint(tmp_path / "old.ckpt", map_location="cpu")
+    assert loaded.model.config.id2label == {0: "negative", 1: "positive"} and loaded.hparams.num_labels == 2
+    assert torch.equal(loaded.model.classifier.weight, old["state_dict"]["model.classifier.weight"])
+    LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8).on_load_checkpoint(torch.load(tmp_path / "old.ckpt", weights_only=True))
+    with pytest.raises(CheckpointError, match=r"trained with labels \['negative', 'positive'\], this model has "
+                                              r"\['low', 'high', 'so so'\]"):
+        LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8, num_labels=3, id2label=NAMES).on_load_checkpoint(old)

@@ -285,3 +285,103 @@ def test_replaced_file_with_same_mtime_is_reread(tmp_path, tiny_model_dir, toy_g
     for split in ("train", "val"):
         assert list(after.datasets[split]["labels"]) == [1 - y for y in before.datasets[split]["labels"]]
     assert not any(ds.cache_files for ds in after.datasets.values())  # nothing on disk to go stale
+
+
+# --- TextClassificationDataModule: the user's own files (issue 12) ---------------------------------
+from conftest import CLASS_WORDS  # noqa: E402
+from lora_lightning.data import TextClassificationDataModule  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sst2_as_other_formats(glue_dir, tmp_path_factory):
+    """GLUE's SST-2 train and dev rewritten as CSV, JSON lines and Parquet (same rows, same order)."""
+    from lora_lightning.data import read_split
+
+    d = tmp_path_factory.mktemp("sst2-formats")
+    frames = {s: read_split(Path(glue_dir) / f"{s}.tsv", True).to_pandas() for s in ("train", "dev")}
+    for s, frame in frames.items():
+        frame.to_csv(d / f"{s}.csv", index=False)
+        frame.to_json(d / f"{s}.jsonl", orient="records", lines=True, force_ascii=False)
+        frame.to_parquet(d / f"{s}.parquet")
+    return d
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl", "parquet"])
+def test_sst2_in_other_formats_gives_the_same_batches(sst2_as_other_formats, glue_dir, packaged_model, ext):
+    """The same split sizes and the same first train / val / test batches as the SST-2 preset's TSV path."""
+    sst2 = make_dm(packaged_model, glue_dir)
+    own = TextClassificationDataModule(str(sst2_as_other_formats / f"train.{ext}"), test_file=str(sst2_as_other_formats / f"dev.{ext}"),
+                                       text_column="sentence", model_name_or_path=packaged_model)
+    own.setup("fit")
+    assert own.num_labels == 2 and own.id2label == {0: "0", 1: "1"}  # integer labels: their values as names
+    assert {k: len(v) for k, v in own.datasets.items()} == {"train": 60_614, "val": 6_735, "test": 872}
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        a, b = next(iter(getattr(sst2, loader)())), next(iter(getattr(own, loader)()))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), loader
+
+
+def test_three_string_classes_from_three_formats(three_class_dir, tiny_model_dir):
+    """Labels sorted by name; a validation file replaces the split; predict reads a .txt file of lines."""
+    d = three_class_dir
+    dm = TextClassificationDataModule(str(d / "train.csv"), validation_file=str(d / "validation.jsonl"),
+                                      test_file=str(d / "test.parquet"), predict_file=str(d / "predict.txt"),
+                                      model_name_or_path=tiny_model_dir, batch_size=8)
+    assert dm.num_labels == 3 and dm.id2label == {0: "complaint", 1: "praise", 2: "rave"}
+    dm.setup("fit")
+    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 240, "val": 60, "test": 60, "predict": 6}
+    vocab = {w: dm.tokenizer.convert_tokens_to_ids(w) for words in CLASS_WORDS.values() for w in words}
+    for row in dm.datasets["val"]:  # each label is the class of the word the text holds
+        (word,) = [w for w, i in vocab.items() if i in row["input_ids"]]
+        assert dm.id2label[row["labels"]] == next(k for k, ws in CLASS_WORDS.items() if word in ws)
+    assert dm.predict_rows()["text"][0] == (d / "predict.txt").read_text().splitlines()[0]
+
+
+def test_sentence_pairs_get_token_type_ids(tmp_path, tiny_model_dir):
+    """[CLS] text [SEP] pair [SEP]: token_type_ids 0 on the first segment, 1 on the second."""
+    rows = [{"premise": "the film is good", "hypothesis": "very lovely acting", "label": "yes"},
+            {"premise": "a bad plot", "hypothesis": "the movie is great", "label": "no"}] * 10
+    pd_path = tmp_path / "pairs.jsonl"
+    pd_path.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    dm = TextClassificationDataModule(str(pd_path), text_column="premise", text_pair_column="hypothesis",
+                                      model_name_or_path=tiny_model_dir, val_fraction=0.5)
+    dm.setup("fit")
+    row = dm.datasets["train"][0]
+    sep = dm.tokenizer.sep_token_id
+    first_sep = row["input_ids"].index(sep)
+    assert row["input_ids"].count(sep) == 2 and row["input_ids"][-1] == sep
+    assert row["token_type_ids"] == [0] * (first_sep + 1) + [1] * (len(row["input_ids"]) - first_sep - 1)
+    text = dm.tokenizer.decode(row["input_ids"])
+    assert text.startswith("[CLS] ") and text.count("[SEP]") == 2
+
+
+def test_column_options_must_differ(tiny_model_dir):
+    with pytest.raises(OptionError, match=r"data.text_column='text', data.text_pair_column='label', data.label_column='label': "
+                                          r"each must name a different column"):
+        TextClassificationDataModule("t.csv", text_pair_column="label", model_name_or_path=tiny_model_dir)
+
+
+@pytest.mark.parametrize("files, kw, message", [
+    ({"train.csv": "text,label\na,pos\nb,neg\n", "dev.csv": "text,label\nc,pos\nd,meh\n"}, {},
+     r"dev.csv, row 2: label 'meh' is not one of data.train_file's labels \['neg', 'pos'\]"),
+    ({"train.csv": "text,label\na,pos\nb,pos\n"}, {},
+     r"train.csv: every row has the label 'pos': a classifier needs at least 2 classes"),
+    ({"train.csv": "review,label\na,pos\nb,neg\n"}, {},
+     r"train.csv, line 1: missing column\(s\) \['text'\] in header \['review', 'label'\] \(set data.text_column='text'"),
+    ({"train.csv": "text,label\na,pos\nb,neg\n", "dev.csv": "text,stars\nc,pos\n"}, {},
+     r"dev.csv, line 1: missing column\(s\) \['label'\] in header \['text', 'stars'\]"),
+    ({"train.jsonl": '{"text": "a", "label": "pos"}\n{"text": ["b"], "label": "neg"}\n'}, {},
+     r"train.jsonl, row 2: column 'text' holds \['b'\] \(list\), expected text"),
+    ({"train.csv": "text,other,label\na,x,pos\nb,y,neg\n"}, {"predict_file": "p.txt", "text_pair_column": "other"},
+     r"data.predict_file: .*p.txt: a text file of lines has no second text"),
+])
+def test_bad_own_data_is_one_line(tmp_path, tiny_model_dir, files, kw, message):
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    (tmp_path / "p.txt").write_text("a\n")
+    train = next(n for n in files if n.startswith("train"))
+    dev = {"validation_file": str(tmp_path / "dev.csv")} if "dev.csv" in files else {}
+    kw = {k: str(tmp_path / v) if k == "predict_file" else v for k, v in kw.items()}
+    with pytest.raises(DataFileError if "predict_file" not in kw else OptionError, match=message):
+        dm = TextClassificationDataModule(str(tmp_path / train), model_name_or_path=tiny_model_dir, **dev, **kw)
+        dm.num_labels  # read when the CLI links it to the model
+        dm.setup("predict" if "predict_file" in kw else "fit")

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification, pipeline
 
-from conftest import quiet_trainer, sentence_batch
+from conftest import SENTENCES, quiet_trainer, sentence_batch
 from lora_lightning.export import export, export_main
 from lora_lightning.model import LoRAClassifier
 
@@ -208,3 +208,45 @@ def test_export_option_errors_are_one_line(capsys):
     assert main(["export", "--ckpt_pth", "x.ckpt", "--output_dir", "out"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unrecognized arguments: --ckpt_pth x.ckpt; did you mean --ckpt_path?") and err.count("\n") == 1
+
+
+def test_three_label_model_exports_its_labels(tiny_model_dir, tmp_path, capsys):
+    """Issue 12: a 3-label checkpoint's merged folder names the 3 classes (config.json; pipeline answers with
+    them, our top class for each sentence); its adapter loads into PEFT on a 3-label base (the call export
+    prints) with our logits."""
+    from test_model import NAMES, class_batches
+
+    pl.seed_everything(0)
+    module = LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8, learning_rate=1e-2, num_labels=3, id2label=NAMES)
+    trainer = quiet_trainer(max_steps=3, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=DataLoader(class_batches(3), batch_size=None))
+    ckpt = tmp_path / "three.ckpt"
+    trainer.save_checkpoint(ckpt)
+    batch = sentence_batch(tiny_model_dir)
+    with torch.no_grad():
+        expected = module.eval()(**batch)  # (4, 3)
+    assert expected.shape == (4, 3)
+
+    merged = export(str(ckpt), str(tmp_path / "merged"), format="merged")
+    config = json.loads((merged / "config.json").read_text())
+    assert config["id2label"] == {"0": "low", "1": "high", "2": "so so"} and config["label2id"] == {"low": 0, "high": 1, "so so": 2}
+    plain = AutoModelForSequenceClassification.from_pretrained(merged).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**batch).logits, expected, atol=1e-5, rtol=0)
+    classify = pipeline("text-classification", model=str(merged))
+    assert [r["label"] for r in classify(SENTENCES)] == [NAMES[int(i)] for i in expected.argmax(-1)]
+    assert sorted(r["label"] for r in classify(SENTENCES[:1], top_k=None)[0]) == sorted(NAMES.values())
+
+    capsys.readouterr()
+    adapter = export(str(ckpt), str(tmp_path / "adapter"), format="adapter")
+    assert load_file(adapter / "adapter_model.safetensors")["base_model.model.classifier.weight"].shape == (3, 32)
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == f"Wrote the adapter export of {ckpt} to {adapter}/"
+    call = said[1].removeprefix("Load it with peft.PeftModel.from_pretrained(").removesuffix(f", {str(adapter)!r})")
+    assert call == (f"AutoModelForSequenceClassification.from_pretrained({tiny_model_dir!r}, num_labels=3, "
+                    f"id2label={NAMES!r})")
+    base = eval(call, {"AutoModelForSequenceClassification": AutoModelForSequenceClassification})  # the printed call, run
+    peft_model = peft.PeftModel.from_pretrained(base, adapter).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(**batch).logits, expected, atol=1e-5, rtol=0)
+    assert peft_model.config.id2label == NAMES

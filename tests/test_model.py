@@ -357,3 +357,150 @@ def test_backbone_dropout_reaches_every_dropout(tiny_model_dir, tiny_distilbert_
 def test_variant_options_refused(tiny_model_dir, options, message):
     with pytest.raises(ValueError, match=message):
         LoRAClassifier(tiny_model_dir, **options)
+
+
+# K classes (issue 12): a toy set whose class is which of three token ids a row holds.
+CLASS_TOKENS = (5, 11, 17)  # "good", "bad", "the" in the tiny vocab; the filler is the ids 18..25
+NAMES = {0: "low", 1: "high", 2: "so so"}  # a space in a name: logged as it is (val_f1_so so)
+
+
+def class_batches(n: int, size: int = 12, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """``n`` dict batches of ``size`` rows of 8 token ids (``[CLS]``, 6 ids, ``[SEP]``), classes balanced:
+    row i holds ``CLASS_TOKENS[label]`` at a random place among random filler ids."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n):
+        labels = torch.arange(size)[torch.randperm(size, generator=g)] % 3  # (B,)
+        ids = torch.randint(18, 26, (size, 8), generator=g)  # (B, T)
+        ids[:, 0], ids[:, -1] = 2, 3
+        ids[torch.arange(size), torch.randint(1, 7, (size,), generator=g)] = torch.tensor(CLASS_TOKENS)[labels]
+        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                        "token_type_ids": torch.zeros_like(ids), "labels": labels})
+    return batches
+
+
+def images(log_dir) -> dict[str, list[int]]:
+    """Image tag -> the steps it was written at, from a TensorBoard run folder's event file."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0})
+    events.Reload()
+    return {tag: [e.step for e in events.Images(tag)] for tag in events.Tags()["images"]}
+
+
+def test_three_class_model_has_a_3_wide_head_named(tiny_model_dir):
+    """num_labels=3: head (3, 32), exact trainable count, the names in config.id2label/label2id; string keys
+    (from YAML) are read as ints; the metrics are the multiclass ones."""
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+    from torchmetrics.wrappers import ClasswiseWrapper
+
+    model = LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8, num_labels=3, id2label={str(k): v for k, v in NAMES.items()})
+    assert model.model.classifier.weight.shape == (3, 32) and model.model.classifier.bias.shape == (3,)
+    # 2 layers x (query, value) x r=4 x (32 in + 32 out) + head 32 x 3 + 3
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 2 * 2 * 4 * (32 + 32) + 99 == 1123
+    assert model.model.config.id2label == NAMES and model.model.config.label2id == {"low": 0, "high": 1, "so so": 2}
+    assert model.hparams.num_labels == 3 and model.hparams.id2label == NAMES  # saved with int keys
+    assert model.label_names == ["low", "high", "so so"]
+    assert {k: type(m) for k, m in model.val_metrics.items()} == {
+        "val_acc": MulticlassAccuracy, "val_macro_f1": MulticlassF1Score, "val_f1": ClasswiseWrapper}
+    assert isinstance(model.test_confusion, MulticlassConfusionMatrix) and model.test_confusion.num_classes == 3
+    assert LoRAClassifier(tiny_model_dir, num_labels=4).model.config.id2label == {i: f"LABEL_{i}" for i in range(4)}
+    with torch.no_grad():
+        assert model(**sentence_batch(tiny_model_dir)).shape == (4, 3)
+
+
+def test_three_class_training_logs_per_class_f1_and_confusion_figures(tiny_model_dir, tmp_path):
+    """A 3-class toy set: val_acc far above 1/3; val_acc, val_macro_f1 and val_f1_<name> (the name as it is)
+    are what torchmetrics' functions give on the model's own predictions after the last epoch (nothing
+    carried over from earlier epochs), test_* the same on the same rows; one confusion-matrix figure per
+    validation epoch (none for the sanity check) and one for test."""
+    import os
+
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from torch.utils.data import DataLoader
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+    pl.seed_everything(0)
+    model = LoRAClassifier(tiny_model_dir, r=8, lora_alpha=16, lora_dropout=0.0, learning_rate=2e-2, warmup_ratio=0.0,
+                           num_labels=3, id2label=NAMES)
+    train, val = DataLoader(class_batches(12, seed=0), batch_size=None), DataLoader(class_batches(4, seed=1), batch_size=None)
+    logger = TensorBoardLogger(tmp_path)
+    best = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor="val_acc", mode="max")
+    t = pl.Trainer(max_epochs=6, accelerator="cpu", logger=logger, callbacks=[best],
+                   enable_progress_bar=False, enable_model_summary=False, deterministic=True)
+    t.fit(model, train, val)
+    logged = {k: float(v) for k, v in t.callback_metrics.items()}
+    assert logged["val_acc"] >= 0.8, logged
+    assert float(best.best_model_score) >= logged["val_acc"] and os.path.isfile(best.best_model_path)  # monitors val_acc
+    model.eval()
+    with torch.no_grad():
+        preds = torch.cat([model(**{k: v for k, v in b.items() if k != "labels"}).argmax(-1) for b in val])
+    labels = torch.cat([b["labels"] for b in val])
+    per_class = multiclass_f1_score(preds, labels, 3, average=None)
+    expected = {"val_acc": float((preds == labels).float().mean()),
+                "val_macro_f1": float(multiclass_f1_score(preds, labels, 3, average="macro")),
+                "val_f1_low": float(per_class[0]), "val_f1_high": float(per_class[1]), "val_f1_so so": float(per_class[2])}
+    assert expected["val_acc"] == pytest.approx(float(multiclass_accuracy(preds, labels, 3, average="micro")))
+    assert set(logged) == set(expected) | {"train_loss", "val_loss", "hp/val_acc"}
+    assert {k: logged[k] for k in expected} == pytest.approx(expected, abs=1e-6)
+    steps_per_epoch = len(train)
+    tested = t.test(model, val, verbose=False)[0]
+    assert set(tested) == {"test_loss", "test_acc", "test_macro_f1", "test_f1_low", "test_f1_high", "test_f1_so so"}
+    assert {k.replace("test_", "val_"): v for k, v in tested.items() if k != "test_loss"} == pytest.approx(expected, abs=1e-6)
+    assert images(logger.log_dir) == {"val_confusion_matrix": [steps_per_epoch * e for e in range(1, 7)],
+                                      "test_confusion_matrix": [6 * steps_per_epoch]}
+
+
+def test_two_class_model_keeps_its_binary_metrics(tiny_model_dir, tmp_path):
+    """The default 2 labels: BinaryAccuracy / BinaryF1Score as val_acc / val_f1 (no macro_f1, no per-class
+    keys), val_f1 the F1 of class 1; the confusion figure is logged for 2 classes too."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from torch.utils.data import DataLoader
+    from torchmetrics.classification import BinaryAccuracy, BinaryF1Score
+    from torchmetrics.functional.classification import binary_f1_score
+
+    model = LoRAClassifier(tiny_model_dir)
+    assert {k: type(m) for k, m in model.val_metrics.items()} == {"val_acc": BinaryAccuracy, "val_f1": BinaryF1Score}
+    batches = [{**b, "labels": b["labels"] % 2} for b in class_batches(2)]
+    logger = TensorBoardLogger(tmp_path)
+    got = quiet_trainer(logger=logger).validate(model, DataLoader(batches, batch_size=None), verbose=False)[0]
+    assert set(got) == {"val_loss", "val_acc", "val_f1"}
+    model.eval()
+    with torch.no_grad():
+        preds = torch.cat([model(**{k: v for k, v in b.items() if k != "labels"}).argmax(-1) for b in batches])
+    assert got["val_f1"] == pytest.approx(float(binary_f1_score(preds, torch.cat([b["labels"] for b in batches]))), abs=1e-6)
+    assert images(logger.log_dir) == {"val_confusion_matrix": [0]}
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(num_labels=1), r"^model.num_labels must be an integer >= 2, got 1$"),
+    (dict(num_labels=3, id2label={0: "a", 1: "b"}), r"^model.id2label must have exactly the keys 0..2 \(model.num_labels=3\), got keys \[0, 1\]$"),
+    (dict(num_labels=2, id2label={1: "a", 2: "b"}), r"^model.id2label must have exactly the keys 0..1 "),
+    (dict(num_labels=3, id2label={0: "a", 1: "b", 2: "a"}), r"^model.id2label names must differ, but \['a'\] name more than one class"),
+    (dict(num_labels=2, id2label={0: "a", "x": "b"}), r"^model.id2label must have exactly the keys 0..1 .*got keys \[0, 'x'\]$"),
+], ids=["one-label", "too-few-names", "keys-from-1", "repeated-name", "key-not-a-number"])
+def test_bad_labels_are_refused_by_option(tiny_model_dir, kw, message):
+    from lora_lightning.errors import OptionError
+
+    with pytest.raises(OptionError, match=message) as error:
+        LoRAClassifier(tiny_model_dir, **kw)
+    assert "\n" not in str(error.value)
+
+
+def test_base_head_of_the_same_width_is_kept(tiny_nli_dir):
+    """C17 for K labels: a 3-label base with num_labels=3 keeps its head (trained on, in full); with 4 it gets a new one."""
+    from transformers import BertForSequenceClassification
+
+    from conftest import log_records
+
+    with log_records("pytorch_lightning") as records:
+        model = LoRAClassifier(tiny_nli_dir, num_labels=3, id2label=NAMES)
+    assert [r.getMessage() for r in records] == [f"trained in full from {tiny_nli_dir}: classifier"]
+    saved = BertForSequenceClassification.from_pretrained(tiny_nli_dir)
+    assert torch.equal(model.model.classifier.weight, saved.classifier.weight)
+    assert model.model.classifier.weight.requires_grad and model.model.config.id2label == NAMES
+    with log_records("pytorch_lightning") as records:
+        wider = LoRAClassifier(tiny_nli_dir, num_labels=4)
+    assert records[0].getMessage().endswith("was replaced by a new 4-label one (classifier.weight (4, 32), classifier.bias (4,))")
+    assert wider.model.classifier.weight.shape == (4, 32)
