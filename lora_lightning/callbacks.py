@@ -157,7 +157,9 @@ class ProgressLog(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active() or trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        # the per-class F1 (val_f1_<name>, K > 2 classes) is in TensorBoard; the line keeps val_macro_f1
+        per_class = {f"val_f1_{name}" for name in getattr(pl_module, "label_names", [])}
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_") and k not in per_class}
         shown = " ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
         rank_zero_info(f"epoch {trainer.current_epoch} step {trainer.global_step}: {shown}")
 
