@@ -122,6 +122,8 @@ def run(recipe: str, seed: int, epochs: int | None, log_dir: str, extra: list[st
     return {
         "recipe": recipe, "seed": seed, "finetune": cli.model.hparams.finetune,
         "epochs": cli.trainer.max_epochs, "learning_rate": cli.model.hparams.learning_rate,
+        "options": {k: cli.model.hparams.get(k) for k in ("r", "lora_alpha", "target_modules", "backbone_dropout",
+                                                          "lora_dropout", "use_rslora", "use_dora", "loraplus_lr_ratio")},
         "trainable_params": trainable, "total_params": total, "trainable_pct": round(100 * trainable / total, 4),
         "val_acc": round(float(best.best_model_score), 4), "val_acc_curve": val_curve(cli.trainer.log_dir),
         "dev_acc": round(result["test_acc"], 4), "dev_f1": round(result["test_f1"], 4),
