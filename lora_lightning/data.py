@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
@@ -62,6 +63,36 @@ class EpochLengthGroupedSampler(LengthGroupedSampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.generator.manual_seed(self.seed + epoch)
+
+
+class SortedLengthBatchSampler(torch.utils.data.Sampler):
+    """Batches of (nearly) one length, in a new random order every epoch: less padding than
+    ``EpochLengthGroupedSampler``'s mega-batches.
+
+    Each epoch: shuffle every index, sort stably by length (so sentences of one length are in a new
+    random order), cut into batches of ``batch_size``, shuffle the order of the full batches and put
+    the partial one (if any) last, so that ``BatchSampler`` cuts the same batches. Padding is only
+    where a batch spans two lengths. The order depends only on ``(seed, epoch)``: a resumed run sees
+    the same batches. Yields indices, ``len(lengths)`` per epoch.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        self.batch_size, self.lengths, self.seed = batch_size, list(lengths), seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = sorted(torch.randperm(len(self.lengths), generator=g).tolist(), key=self.lengths.__getitem__)
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        full = len(order) // self.batch_size
+        shuffled = [batches[i] for i in torch.randperm(full, generator=g).tolist()] + batches[full:]
+        return (i for batch in shuffled for i in batch)
 
 
 def find_data_dir(data_dir: str | None) -> Path | None:
@@ -177,6 +208,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
             ``validation_file``, in (0, 1).
         seed: seed of the train/val split and of the length-grouped shuffle.
         group_by_length: batch training rows of similar length (less padding).
+        length_grouping: how (with ``group_by_length``): ``megabatch``, transformers' grouping
+            (``EpochLengthGroupedSampler``: sorted within mega-batches of 50 batches), or ``sorted``,
+            batches of one length in a random order (``SortedLengthBatchSampler``: less padding).
         sort_eval_by_length: run val/test/predict batches sorted by length (predictions are
             written back in input order).
         max_train_samples: use only the first N rows of the train split (for quick runs), N >= 1.
@@ -214,6 +248,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 42,
         group_by_length: bool = True,
+        length_grouping: Literal["megabatch", "sorted"] = "megabatch",
         sort_eval_by_length: bool = True,
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
@@ -457,7 +492,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
             return DataLoader(features, batch_size=hp.eval_batch_size, sampler=order, collate_fn=collate,
                               num_workers=hp.num_workers)
         if hp.group_by_length:
-            sampler = EpochLengthGroupedSampler(hp.batch_size, list(ds["length"]), hp.seed)
+            grouped = SortedLengthBatchSampler if hp.length_grouping == "sorted" else EpochLengthGroupedSampler
+            sampler = grouped(hp.batch_size, list(ds["length"]), hp.seed)
             if world_size == 1 and getattr(self, "trainer", None) is not None:
                 # resumable mid-epoch (Ctrl-C, val_check_interval); under DDP Lightning re-shards the sampler
                 return ResumableDataLoader(features, sampler, hp.batch_size, self._train_batches_done,
@@ -498,6 +534,7 @@ class SST2DataModule(TextClassificationDataModule):
         val_fraction: share of GLUE's train set held out as the val split, in (0, 1).
         seed: seed of the train/val split and of the length-grouped shuffle.
         group_by_length: batch training sentences of similar length (less padding).
+        length_grouping: ``megabatch`` or ``sorted``, as ``TextClassificationDataModule``'s.
         sort_eval_by_length: run val/test/predict batches sorted by length (predictions are
             written back in input order).
         max_train_samples: use only the first N sentences of the train split (for quick runs), N >= 1.
@@ -525,6 +562,7 @@ class SST2DataModule(TextClassificationDataModule):
         val_fraction: float = 0.1,
         seed: int = 42,
         group_by_length: bool = True,
+        length_grouping: Literal["megabatch", "sorted"] = "megabatch",
         sort_eval_by_length: bool = True,
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
@@ -535,6 +573,7 @@ class SST2DataModule(TextClassificationDataModule):
             train_file=None, predict_file=predict_file, text_column="sentence", label_column="label",
             model_name_or_path=model_name_or_path, batch_size=batch_size, eval_batch_size=eval_batch_size,
             max_length=max_length, val_fraction=val_fraction, seed=seed, group_by_length=group_by_length,
+            length_grouping=length_grouping,
             sort_eval_by_length=sort_eval_by_length, max_train_samples=max_train_samples,
             max_eval_samples=max_eval_samples, num_workers=num_workers)
         # this preset's options only: the base class's file and column options are data_dir's and SST-2's
