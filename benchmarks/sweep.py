@@ -60,6 +60,8 @@ def row_options(row: str, best_lr: float | None) -> dict:
         raise ValueError(f"row {row!r} needs the whole learning-rate check first: run --rows lr")
     if row in VARIANT_ROWS:
         return {"r": 4, "learning_rate": best_lr, **VARIANT_ROWS[row]}
+    if row in LEVER_ROWS:
+        return {"r": 4, "learning_rate": best_lr, **LEVER_ROWS[row]}
     if row == "r8-all":
         return {"r": 8, "target_modules": ALL_LINEARS, "learning_rate": best_lr}
     if row.startswith("r") and row[1:].isdigit():
@@ -86,9 +88,13 @@ VARIANT_LR_ROWS = {f"{name}-lr{lr}": {**options, "learning_rate": float(lr)}
                                               ("loraplus-r4", LORAPLUS, ("5e-4", "2e-3", "2e-4", "1e-4")))
                    for lr in lrs}
 FULL_LR_ROWS = {"full-lr2e-5": 2e-5, "full-lr1e-4": 1e-4}
+# issue 13's levers that change the batches or the numbers, at r=4 on query+value ("data." keys are data options)
+LEVER_ROWS = {"sorted-r4": {"data.length_grouping": "sorted"}, "loradropout0-r4": {"lora_dropout": 0.0},
+              "sorted-dropout0-r4": {"data.length_grouping": "sorted", "backbone_dropout": 0.0}}
 GROUPS = {"lr": list(LEARNING_RATES), "variants": list(VARIANT_ROWS), "variant-lr": list(VARIANT_LR_ROWS),
-          "full-lr": list(FULL_LR_ROWS)}
-ROWS = [*LEARNING_RATES, "r1", "r2", "r4", "r8", "r16", "r8-all", "full", *FULL_LR_ROWS, *VARIANT_ROWS, *VARIANT_LR_ROWS]
+          "full-lr": list(FULL_LR_ROWS), "levers": list(LEVER_ROWS)}
+ROWS = [*LEARNING_RATES, "r1", "r2", "r4", "r8", "r16", "r8-all", "full", *FULL_LR_ROWS, *VARIANT_ROWS, *VARIANT_LR_ROWS,
+        *LEVER_ROWS]
 
 
 def cli_args(options: dict, epochs: int, log_dir: str, version: str, config: str, extra: list[str]) -> list[str]:
@@ -97,7 +103,8 @@ def cli_args(options: dict, epochs: int, log_dir: str, version: str, config: str
             "--trainer.logger.init_args.save_dir", log_dir, "--trainer.logger.init_args.name", "sweep",
             "--trainer.logger.init_args.version", version]
     for key, value in options.items():
-        args += [f"--model.{key}", f"[{','.join(value)}]" if isinstance(value, list) else str(value)]
+        option = key if key.startswith("data.") else f"model.{key}"
+        args += [f"--{option}", f"[{','.join(value)}]" if isinstance(value, list) else str(value)]
     return args + list(extra)
 
 
@@ -114,7 +121,7 @@ def run_row(row: str, options: dict, epochs: int, log_dir: str, config: str, ext
     hp = cli.model.hparams
     lora = hp.finetune == "lora"
     return {
-        "row": row, "finetune": hp.finetune, "variant": variant_name(hp),
+        "row": row, "finetune": hp.finetune, "variant": variant_name(hp, cli.datamodule.hparams),
         "r": hp.r if lora else "", "lora_alpha": hp.lora_alpha if lora else "",
         "target_modules": "+".join(hp.target_modules) if lora else "all weights",
         "learning_rate": hp.learning_rate, "epochs": epochs, "trainable_params": trainable,
@@ -128,8 +135,9 @@ def run_row(row: str, options: dict, epochs: int, log_dir: str, config: str, ext
     }
 
 
-def variant_name(hp) -> str:
-    """What a row changes besides r, targets and lr: ``plain``, or e.g. ``dora``, ``loraplus16``, ``dropout0``."""
+def variant_name(hp, data_hp=None) -> str:
+    """What a row changes besides r, targets and lr: ``plain``, or e.g. ``dora``, ``loraplus16``, ``dropout0``,
+    ``loradropout0``, ``sorted`` (``data.length_grouping``)."""
     parts = [name for name in ("rslora", "dora") if hp.get(f"use_{name}")]
     if hp.get("loraplus_lr_ratio"):
         parts.append(f"loraplus{hp['loraplus_lr_ratio']:g}")
@@ -137,6 +145,10 @@ def variant_name(hp) -> str:
         parts.append(f"dropout{hp['backbone_dropout']:g}")
     if hp.get("train_pooler"):
         parts.append("pooler")
+    if hp.get("finetune", "lora") == "lora" and hp.get("lora_dropout") not in (None, 0.1):
+        parts.append(f"loradropout{hp['lora_dropout']:g}")
+    if (data_hp or {}).get("length_grouping", "megabatch") != "megabatch":
+        parts.append(data_hp["length_grouping"])
     return "+".join(parts) or "plain"
 
 
