@@ -218,7 +218,7 @@ def plot(records: list[dict], png: Path) -> None:
     for marker, label, keep in (("D", "DoRA", "dora"), ("^", "rsLoRA", "rslora"), ("v", "LoRA+", "loraplus"),
                                 ("o", "other options", None), ("*", None, "full-lr")):
         chosen = [r for r in study if (keep == "full-lr" and r["row"] in FULL_LR_ROWS) or (keep is None and
-                  r["row"] in ("r4-all", "dropout0-r4", "pooler-r4")) or (keep not in (None, "full-lr") and r["row"].startswith(keep))]
+                  r["row"] in ("r4-all", "dropout0-r4", "pooler-r4", "dropout0-r4-all")) or (keep not in (None, "full-lr") and r["row"].startswith(keep))]
         if chosen:
             ax.errorbar([int(r["trainable_params"]) for r in chosen], [float(r["dev_acc"]) for r in chosen],
                         yerr=[standard_error(r) for r in chosen], fmt=marker, capsize=3, alpha=0.8,
