@@ -229,6 +229,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
             ``tables``; a train file with a single class.
     """
 
+    _no_predict_rows = "predict needs rows to predict: pass --data.predict_file (a .txt of lines, or a table)"
     LABELS: tuple | None = None  # a preset's fixed label values, in class-id order (None: the train file's)
     LABEL_NAMES: tuple | None = None  # their names (None: the values as text)
 
@@ -512,7 +513,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         if "predict" not in self.datasets:
-            raise DataFileError("predict needs GLUE's test.tsv in the SST-2 folder, which was not found")
+            raise DataFileError(self._no_predict_rows)
         return self._loader("predict")
 
 
@@ -551,6 +552,7 @@ class SST2DataModule(TextClassificationDataModule):
 
     LABELS = (0, 1)
     LABEL_NAMES = ("negative", "positive")
+    _no_predict_rows = "predict needs GLUE's test.tsv in the SST-2 folder, which was not found (or --data.predict_file)"
 
     def __init__(
         self,

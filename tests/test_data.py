@@ -406,3 +406,10 @@ def test_bad_own_data_is_one_line(tmp_path, tiny_model_dir, files, kw, message):
         dm = TextClassificationDataModule(str(tmp_path / train), model_name_or_path=tiny_model_dir, **dev, **kw)
         dm.num_labels  # read when the CLI links it to the model
         dm.setup("predict" if "predict_file" in kw else "fit")
+
+
+def test_predict_without_rows_says_which_option(three_class_dir, tiny_model_dir):
+    dm = TextClassificationDataModule(str(three_class_dir / "train.csv"), model_name_or_path=tiny_model_dir)
+    dm.setup("predict")
+    with pytest.raises(DataFileError, match=r"predict needs rows to predict: pass --data.predict_file"):
+        dm.predict_dataloader()
