@@ -42,6 +42,8 @@ def check_checkpoint(ckpt_path: str | Path) -> dict:
     Raises:
         CheckpointError: naming the path and what is wrong with it.
     """
+    if not str(ckpt_path).strip():
+        raise CheckpointError("--ckpt_path is empty (a shell variable that a glob left empty?): pass a .ckpt file")
     path = Path(ckpt_path)
     if not path.is_file():
         raise CheckpointError(f"--ckpt_path {path}: file not found")
@@ -83,7 +85,7 @@ def check_options(saved: Mapping, current: Mapping) -> None:
     trained, here = label_names(saved), label_names(current)
     if trained != here:
         raise CheckpointError(f"checkpoint was trained with labels {trained}, this model has {here} "
-                              "(model.id2label, from the data's train file)")
+                              "(model.id2label, from the data's train file): pass the run's own --config <run>/config.yaml")
 
 
 def label_names(options: Mapping) -> list[str]:

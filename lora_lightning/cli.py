@@ -18,6 +18,8 @@ Wiring only: LightningCLI with the model, the data module and this package's rul
 from __future__ import annotations
 
 import difflib
+import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -88,6 +90,23 @@ class OneLineParser(OneLineErrors, LightningArgumentParser):
     instead of the usage text and an exit."""
 
     help_hint = "python -m lora_lightning fit --help"
+
+    def error(self, message: str, ex: Exception | None = None):
+        """A data option the chosen data module does not take is one line (not jsonargparse's union
+        error): a typo gets its "did you mean", and an own-data option on top of ``sst2.yaml``'s SST-2
+        module (``--data.train_file``) says which config takes it."""
+        match = re.search(r"Parser key \"data\".*?Option '(\w+)' is not accepted", " ".join(str(message).split()))
+        if not match:
+            super().error(message, ex)
+        option = match.group(1)
+        own, sst2 = (set(inspect.signature(c).parameters) for c in (TextClassificationDataModule, SST2DataModule))
+        if option in own - sst2:
+            raise OptionError(f"--data.{option}: not an option of this config's data module (sst2.yaml's is "
+                              f"SST2DataModule, GLUE's SST-2 files); for your own files use --config own-data.yaml "
+                              f"(data.class_path: lora_lightning.data.TextClassificationDataModule)") from ex
+        close = difflib.get_close_matches(option, sorted(own | sst2), n=1)
+        hint = f"; did you mean --data.{close[0]}?" if close else ""
+        raise OptionError(f"--data.{option}: not an option of the data module{hint} (every option: {self.help_hint})") from ex
 
 
 class LoRACLI(LightningCLI):

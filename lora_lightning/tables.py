@@ -198,7 +198,7 @@ def check_columns(table: Table, needed: dict[str, str], hint: str | None = None)
     if missing:
         where = f"{table.path}, line 1" if table.text_format else str(table.path)
         options = ", ".join(f"{needed[c]}={c!r}" for c in missing)
-        raise DataFileError(f"{where}: missing column(s) {missing} in header {columns}{hint if hint is not None else f' (set {options} to one of them)'}")
+        raise DataFileError(f"{where}: missing column(s) {missing} in header {columns}{hint if hint is not None else f' ({options}: name one of these columns)'}")
 
 
 def check_text(table: Table, column: str) -> None:

@@ -289,3 +289,16 @@ def test_shipped_own_data_example_reads(monkeypatch):
     assert dm.id2label == {0: "account", 1: "billing", 2: "delivery", 3: "technical"}
     raw = dm.load_raw()
     assert len(raw["train"]) == 400 and len(raw["test"]) == 80 and set(raw["test"]["label"]) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data.batchsize", "3"], "error: --data.batchsize: not an option of the data module; did you mean --data.batch_size?"),
+    (["--data.train_file", "my.csv"], "error: --data.train_file: not an option of this config's data module (sst2.yaml's is "
+                                      "SST2DataModule, GLUE's SST-2 files); for your own files use --config own-data.yaml"),
+    (["--ckpt_path", ""], "error: --ckpt_path is empty"),
+])
+def test_data_options_and_empty_ckpt_path_are_one_line(extra, message, capsys):
+    """The data class is a choice (subclass mode): an option it does not take is still one line."""
+    assert main(["test" if "--ckpt_path" in extra else "fit", "--config", str(ROOT / "configs/sst2.yaml"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err

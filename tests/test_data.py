@@ -387,7 +387,7 @@ def test_column_options_must_differ(tiny_model_dir):
     ({"train.csv": "text,label\na,pos\nb,pos\n"}, {},
      r"train.csv: every row has the label 'pos': a classifier needs at least 2 classes"),
     ({"train.csv": "review,label\na,pos\nb,neg\n"}, {},
-     r"train.csv, line 1: missing column\(s\) \['text'\] in header \['review', 'label'\] \(set data.text_column='text'"),
+     r"train.csv, line 1: missing column\(s\) \['text'\] in header \['review', 'label'\] \(data.text_column='text': name one"),
     ({"train.csv": "text,label\na,pos\nb,neg\n", "dev.csv": "text,stars\nc,pos\n"}, {},
      r"dev.csv, line 1: missing column\(s\) \['label'\] in header \['text', 'stars'\]"),
     ({"train.jsonl": '{"text": "a", "label": "pos"}\n{"text": ["b"], "label": "neg"}\n'}, {},

@@ -132,8 +132,13 @@ def test_ctrl_c_mid_epoch_then_resume_equals_uninterrupted(tmp_path, tiny_model_
     continues mid-epoch with the batches and dropout an uninterrupted run would have, to the same end."""
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    import signal
+
+    # a job started in the background (nohup ... &) inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: give the child the default handler, as a terminal's foreground job has
     proc = subprocess.run(fit_command(tmp_path, tiny_model_dir, toy_glue_dir, "ctrl-c", "--trainer.callbacks+=rank_probe.InterruptAt",
-                                      "--trainer.callbacks.step=70"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                                      "--trainer.callbacks.step=70"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.returncode == 1, proc.stderr[-2000:]
     last = tmp_path / "ctrl-c" / "version_0" / "checkpoints" / "last.ckpt"
     assert "KeyboardInterrupt: saved the state at step 70" in proc.stderr + proc.stdout

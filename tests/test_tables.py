@@ -68,7 +68,7 @@ def test_missing_column_lists_the_columns(tmp_path):
     (tmp_path / "t.csv").write_text("review,stars\nfine,5\n")
     (tmp_path / "t.jsonl").write_text('{"review": "fine", "stars": 5}\n')
     with pytest.raises(DataFileError, match=r"t.csv, line 1: missing column\(s\) \['text'\] in header \['review', 'stars'\] "
-                                            r"\(set data.text_column='text' to one of them\)$"):
+                                            r"\(data.text_column='text': name one of these columns\)$"):
         check_columns(read_table(tmp_path / "t.csv", "x"), {"text": "data.text_column", "stars": "data.label_column"})
     with pytest.raises(DataFileError, match=r"t.jsonl: missing column\(s\) \['label'\] in header \['review', 'stars'\]"):
         check_columns(read_table(tmp_path / "t.jsonl", "x"), {"review": "data.text_column", "label": "data.label_column"})
