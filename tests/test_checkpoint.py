@@ -242,7 +242,7 @@ def test_checkpoint_of_other_labels_is_refused(tiny_model_dir, tmp_path):
     val = DataLoader(class_batches(1), batch_size=None)
     other = LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8, num_labels=3, id2label={0: "low", 1: "high", 2: "mid"})
     with pytest.raises(CheckpointError, match=r"^checkpoint was trained with labels \['low', 'high', 'so so'\], this model "
-                                              r"has \['low', 'high', 'mid'\] \(model.id2label, from the data's train file\)$"):
+                                              r"has \['low', 'high', 'mid'\] \(model.id2label, from the data's train file\): pass the run's own --config <run>/config.yaml$"):
         quiet_trainer().validate(other, val, ckpt_path=ckpt)
     with pytest.raises(CheckpointError, match=r"labels \['low', 'high', 'so so'\], this model has \['negative', 'positive'\]"):
         LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8).on_load_checkpoint(torch.load(ckpt, weights_only=True))
