@@ -1,9 +1,12 @@
 """Training-speed levers, one at a time, on this package's loop (same setup as train_throughput).
 
-    GLUE_DIR=../shared/data/glue python -m benchmarks.levers [--n_samples 3200] [--repeats 2]
+    GLUE_DIR=../shared/data/glue python -m benchmarks.levers [--n_samples 3200] [--repeats 1] [--rounds 3]
 
-Each variant runs in its own process; samples/s is the median of ``repeats`` passes after a warm-up
-pass (which also holds torch.compile's compile time). Writes benchmarks/results/levers.json.
+Each row runs in its own process: one warm-up pass over ``n_samples`` training sentences (it also
+holds torch.compile's compile time), then ``repeats`` timed passes. The rows run in ``rounds``
+interleaved rounds (row 1, row 2, ..., row 1, row 2, ...), so a slow minute of this shared machine
+lands on every row alike; samples/s is the median over rounds, with the lowest and highest beside it.
+Writes benchmarks/results/levers.json.
 
 The allocator rows preload Debian's jemalloc / tcmalloc (``apt-get install libjemalloc2
 libtcmalloc-minimal4``) into that row's process (``LD_PRELOAD``); a row whose library is not installed
@@ -15,9 +18,13 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
+import time
 from pathlib import Path
 
-from benchmarks.train_throughput import RESULTS, isolated, run_package
+import torch
+
+from benchmarks.train_throughput import MODEL, RESULTS, datamodule, isolated, peak_rss_mib, run_package, tokens
 
 ALLOCATORS = {"jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
               "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"}
@@ -37,34 +44,93 @@ def with_env(env: dict, fn, *args):
                 os.environ[k] = v
 
 
-def levers(n_samples: int = 3200, repeats: int = 2) -> list[dict]:
-    """This package's loop with one lever changed at a time; writes benchmarks/results/levers.json."""
-    variants = [
-        ("baseline (configs/sst2.yaml)", {}, {}, {}),
-        ("lora_dropout 0 (12 fewer dropout masks per step)", {"lora_dropout": 0.0}, {}, {}),
-        ("backbone_dropout 0 (20 fewer dropout masks per step)", {"backbone_dropout": 0.0}, {}, {}),
-        ("length_grouping sorted (batches of one length)", {}, {"length_grouping": "sorted"}, {}),
-        ("num_workers 1 (collation in a worker process)", {}, {"num_workers": 1}, {}),
-        ("torch.compile(dynamic=True) of the backbone", {"compile": True}, {}, {}),
-        *((f"{name} (LD_PRELOAD)", {}, {}, {"LD_PRELOAD": path}) for name, path in ALLOCATORS.items()),
-        ("OMP_WAIT_POLICY=PASSIVE (threads sleep between ops)", {}, {}, {"OMP_WAIT_POLICY": "PASSIVE"}),
-    ]
+def run_torch_dropout(n_samples: int, repeats: int, model_kw: dict, data_kw: dict, name: str) -> dict:
+    """``run_package`` with torch's own ``nn.Dropout`` masks (``bernoulli_``), as before dropout.py."""
+    from torch import nn
+
+    from lora_lightning.dropout import Dropout
+
+    Dropout.forward = nn.Dropout.forward
+    return run_package(n_samples, repeats, model_kw, data_kw, name)
+
+
+def run_bare_loop(n_samples: int, repeats: int, model_kw: dict, data_kw: dict, name: str) -> dict:
+    """The same model, batches and AdamW in a plain loop: no Lightning, no logging, no reseeding; what
+    it gains over ``run_package`` is the cost of Lightning's loop per step."""
+    from lora_lightning.model import LoRAClassifier
+
+    torch.manual_seed(0)
+    module = LoRAClassifier(MODEL, **model_kw).train()
+    loader = datamodule(n_samples, **data_kw).train_dataloader()
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3)
+    times, real, padded = [], 0, 0
+    for _ in range(repeats + 1):
+        start, real, padded = time.perf_counter(), 0, 0
+        for batch in loader:
+            r, p = tokens(batch)
+            real, padded = real + r, padded + p
+            module._shared_step(batch)[0].backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    t = statistics.median(times[1:])
+    return {"row": name, "samples_per_s": n_samples / t, "real_tokens_per_s": real / t, "padded_tokens_per_s": padded / t,
+            "seconds_per_pass": t, "passes": repeats, "peak_rss_mib": peak_rss_mib(), "warmup_s": times[0]}
+
+
+VARIANTS = [  # (row, model options, data options, environment, function)
+    ("baseline (configs/sst2.yaml)", {}, {}, {}, run_package),
+    ("torch nn.Dropout masks (bernoulli_, before)", {}, {}, {}, run_torch_dropout),
+    ("lora_dropout 0 (12 fewer dropout masks per step)", {"lora_dropout": 0.0}, {}, {}, run_package),
+    ("backbone_dropout 0 (20 fewer dropout masks per step)", {"backbone_dropout": 0.0}, {}, {}, run_package),
+    ("length_grouping megabatch (transformers' grouping)", {}, {"length_grouping": "megabatch"}, {}, run_package),
+    ("num_workers 1 (collation in a worker process)", {}, {"num_workers": 1}, {}, run_package),
+    ("plain loop, same batches (no Lightning, no logging)", {}, {}, {}, run_bare_loop),
+    ("torch.compile(dynamic=True) of the backbone", {"compile": True}, {}, {}, run_package),
+    *((f"{name} (LD_PRELOAD)", {}, {}, {"LD_PRELOAD": path}, run_package) for name, path in ALLOCATORS.items()),
+    ("OMP_WAIT_POLICY=PASSIVE (threads sleep between ops)", {}, {}, {"OMP_WAIT_POLICY": "PASSIVE"}, run_package),
+]
+
+
+def levers(n_samples: int = 3200, repeats: int = 1, rounds: int = 3, only: str | None = None) -> list[dict]:
+    """This package's loop with one lever changed at a time; writes benchmarks/results/levers.json.
+
+    Args:
+        n_samples: training sentences per pass.
+        repeats: timed passes per row and round (after one warm-up pass).
+        rounds: interleaved rounds over all rows.
+        only: comma-separated substrings of row names to run (the baseline always runs).
+    """
+    chosen = [v for i, v in enumerate(VARIANTS)
+              if i == 0 or not only or any(s.strip() in v[0] for s in only.split(","))]
+    runs: dict[str, list[dict]] = {}
+    for round_ in range(rounds):
+        for name, m, d, env, fn in chosen:
+            if "LD_PRELOAD" in env and not Path(env["LD_PRELOAD"]).is_file():
+                print(f"skipped: {name}: {env['LD_PRELOAD']} is not installed")
+                continue
+            runs.setdefault(name, []).append(with_env(env, fn, n_samples, repeats, m, d, name))
+            print(f"round {round_ + 1}/{rounds}: {name}: {runs[name][-1]['samples_per_s']:.1f} samples/s", flush=True)
     rows = []
-    for name, m, d, env in variants:
-        if "LD_PRELOAD" in env and not Path(env["LD_PRELOAD"]).is_file():
-            print(f"skipped: {name}: {env['LD_PRELOAD']} is not installed")
-            continue
-        rows.append(with_env(env, run_package, n_samples, repeats, m, d, name))
+    for name, results in runs.items():
+        speeds = [r["samples_per_s"] for r in results]
+        middle = sorted(results, key=lambda r: r["samples_per_s"])[len(results) // 2]
+        rows.append({**middle, "samples_per_s": statistics.median(speeds), "samples_per_s_min": min(speeds),
+                     "samples_per_s_max": max(speeds), "rounds": len(results),
+                     "peak_rss_mib": max(r["peak_rss_mib"] for r in results)})
     base = rows[0]["samples_per_s"]
-    print(f"\n{'lever':56} {'samples/s':>10} {'real tok/s':>11} {'padded/real':>12} {'peak RSS MiB':>13} "
-          f"{'vs baseline':>12} {'warm-up s':>10}")
+    print(f"\n{n_samples} sentences, {rounds} rounds x {repeats} timed pass(es), {torch.get_num_threads()} threads")
+    print(f"{'lever':56} {'samples/s':>10} {'(min-max)':>13} {'real tok/s':>11} {'padded/real':>12} "
+          f"{'peak RSS MiB':>13} {'vs baseline':>12}")
     for r in rows:
-        print(f"{r['row']:56} {r['samples_per_s']:>10.1f} {r['real_tokens_per_s']:>11.0f} "
+        spread = f"{r['samples_per_s_min']:.0f}-{r['samples_per_s_max']:.0f}"
+        print(f"{r['row']:56} {r['samples_per_s']:>10.1f} {spread:>13} {r['real_tokens_per_s']:>11.0f} "
               f"{r['padded_tokens_per_s'] / r['real_tokens_per_s']:>12.3f} {r['peak_rss_mib']:>13.0f} "
-              f"{r['samples_per_s'] / base:>11.2f}x {r['warmup_s']:>10.1f}")
+              f"{r['samples_per_s'] / base:>11.2f}x")
     out = RESULTS.parent / "levers.json"
-    out.write_text(json.dumps({"command": f"python -m benchmarks.levers --n_samples {n_samples} "
-                                          f"--repeats {repeats}", "rows": rows}, indent=2) + "\n")
+    command = f"python -m benchmarks.levers --n_samples {n_samples} --repeats {repeats} --rounds {rounds}"
+    out.write_text(json.dumps({"command": command + (f" --only '{only}'" if only else ""),
+                               "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
     return rows
 

@@ -89,7 +89,9 @@ VARIANT_LR_ROWS = {f"{name}-lr{lr}": {**options, "learning_rate": float(lr)}
                    for lr in lrs}
 FULL_LR_ROWS = {"full-lr2e-5": 2e-5, "full-lr1e-4": 1e-4}
 # issue 13's levers that change the batches or the numbers, at r=4 on query+value ("data." keys are data options)
-LEVER_ROWS = {"sorted-r4": {"data.length_grouping": "sorted"}, "loradropout0-r4": {"lora_dropout": 0.0},
+# (sorted is the default since then: sorted-r4 is today's default, megabatch-r4 the grouping before it)
+LEVER_ROWS = {"sorted-r4": {"data.length_grouping": "sorted"}, "megabatch-r4": {"data.length_grouping": "megabatch"},
+              "loradropout0-r4": {"lora_dropout": 0.0},
               "sorted-dropout0-r4": {"data.length_grouping": "sorted", "backbone_dropout": 0.0}}
 GROUPS = {"lr": list(LEARNING_RATES), "variants": list(VARIANT_ROWS), "variant-lr": list(VARIANT_LR_ROWS),
           "full-lr": list(FULL_LR_ROWS), "levers": list(LEVER_ROWS)}
@@ -137,7 +139,7 @@ def run_row(row: str, options: dict, epochs: int, log_dir: str, config: str, ext
 
 def variant_name(hp, data_hp=None) -> str:
     """What a row changes besides r, targets and lr: ``plain``, or e.g. ``dora``, ``loraplus16``, ``dropout0``,
-    ``loradropout0``, ``sorted`` (``data.length_grouping``)."""
+    ``loradropout0``, ``megabatch`` (``data.length_grouping`` other than the default ``sorted``)."""
     parts = [name for name in ("rslora", "dora") if hp.get(f"use_{name}")]
     if hp.get("loraplus_lr_ratio"):
         parts.append(f"loraplus{hp['loraplus_lr_ratio']:g}")
@@ -147,7 +149,7 @@ def variant_name(hp, data_hp=None) -> str:
         parts.append("pooler")
     if hp.get("finetune", "lora") == "lora" and hp.get("lora_dropout") not in (None, 0.1):
         parts.append(f"loradropout{hp['lora_dropout']:g}")
-    if (data_hp or {}).get("length_grouping", "megabatch") != "megabatch":
+    if (data_hp or {}).get("length_grouping", "sorted") != "sorted":
         parts.append(data_hp["length_grouping"])
     return "+".join(parts) or "plain"
 

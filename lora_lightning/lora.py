@@ -46,6 +46,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lora_lightning.dropout import Dropout
+
 __all__ = [
     "LoRALinear",
     "inject_lora",
@@ -110,7 +112,7 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.empty(self.out_features, self.r, dtype=dtype, device=weight.device))
         self.lora_magnitude = (nn.Parameter(torch.empty(self.out_features, dtype=dtype, device=weight.device))
                                if self.use_dora else None)
-        self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        self.lora_dropout = Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.merged = False
         self._unmerged_weight: torch.Tensor | None = None  # the exact base weight while merged
         self.reset_lora_parameters()

@@ -15,12 +15,12 @@ def test_sweep_rows_csv_and_plot(tiny_model_dir, toy_glue_dir, tmp_path):
     out_csv, png = tmp_path / "sweep.csv", tmp_path / "sweep.png"
     extra = (f"--model.model_name_or_path {tiny_model_dir} --data.data_dir {toy_glue_dir} --data.batch_size 16 "
              "--trainer.accelerator cpu --trainer.enable_progress_bar false --trainer.enable_model_summary false")
-    records = sweep.main("lr,r4,r8-all,full,dora-r4,loraplus-r4-lr2e-3,sorted-dropout0-r4", csv_path=str(out_csv), png=str(png), log_dir=str(tmp_path / "logs"),
+    records = sweep.main("lr,r4,r8-all,full,dora-r4,loraplus-r4-lr2e-3,megabatch-r4", csv_path=str(out_csv), png=str(png), log_dir=str(tmp_path / "logs"),
                          config=str(ROOT / "configs/sst2.yaml"), extra=extra)
     rows = {r["row"]: r for r in csv.DictReader(out_csv.open())}
-    assert list(rows) == ["lr3e-4", "lr1e-3", "lr3e-3", "r4", "r8-all", "full", "dora-r4", "loraplus-r4-lr2e-3", "sorted-dropout0-r4"]
-    lever = rows["sorted-dropout0-r4"]
-    assert lever["variant"] == "dropout0+sorted" and "--data.length_grouping sorted --model.backbone_dropout 0.0" in lever["command"]
+    assert list(rows) == ["lr3e-4", "lr1e-3", "lr3e-3", "r4", "r8-all", "full", "dora-r4", "loraplus-r4-lr2e-3", "megabatch-r4"]
+    lever = rows["megabatch-r4"]
+    assert lever["variant"] == "megabatch" and "--data.length_grouping megabatch" in lever["command"]
     assert [rows[k]["variant"] for k in ("r4", "dora-r4", "loraplus-r4-lr2e-3")] == ["plain", "dora", "loraplus16"]
     # DoRA adds one magnitude per output row: 2 layers x (query, value) x 32
     assert int(rows["dora-r4"]["trainable_params"]) == 2 * 2 * 4 * (32 + 32) + 2 * 2 * 32 + 66
