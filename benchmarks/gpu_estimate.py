@@ -28,14 +28,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.checkpoint_size import bert_base_folder
+from benchmarks.profile_step import issued_ops
 from lora_lightning.data import SST2DataModule
 from lora_lightning.model import LoRAClassifier
 
 RESULTS = Path(__file__).parent / "results" / "gpu_estimate.json"
-NO_KERNEL = ("view", "t", "transpose", "expand", "as_strided", "reshape", "_reshape_alias", "permute", "unsqueeze",
-             "squeeze", "slice", "select", "detach", "alias", "empty", "empty_like", "empty_strided", "resolve_conj",
-             "resolve_neg", "lift_fresh", "unbind", "split", "chunk", "result_type", "to", "_to_copy", "contiguous",
-             "set_", "zero_", "lift", "_unsafe_view", "numpy_T", "item", "_local_scalar_dense", "is_nonzero")
 ASSUMED = {"bf16_peak_tflops": 989.0,   # H100/H200 SXM dense bf16, NVIDIA's data sheet
            "gemm_mfu": 0.4,             # of that peak, on the step's GEMMs
            "us_per_op": 10.0,           # eager PyTorch: Python + dispatcher + launch, per issued op
@@ -58,8 +55,7 @@ def ops_per_step(folder: str, tokens: int, batch: int = 32) -> int:
     step()  # AdamW's state is created on the first step
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
-    return sum(1 for e in prof.events() if e.name.startswith("aten::") and not e.cpu_children
-               and e.name.removeprefix("aten::") not in NO_KERNEL)
+    return issued_ops(prof)
 
 
 def main(n_samples: int = 60614) -> dict:

@@ -26,6 +26,20 @@ RESULTS = Path(__file__).parent / "results" / "profile_step.json"
 GEMM = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::_scaled_dot_product")
 
 
+# aten ops that launch no kernel (views, allocation, metadata): left out of ``issued_ops``
+NO_KERNEL = ("view", "t", "transpose", "expand", "as_strided", "reshape", "_reshape_alias", "permute", "unsqueeze",
+             "squeeze", "slice", "select", "detach", "alias", "empty", "empty_like", "empty_strided", "resolve_conj",
+             "resolve_neg", "lift_fresh", "unbind", "split", "chunk", "result_type", "to", "_to_copy", "contiguous",
+             "set_", "lift", "_unsafe_view", "numpy_T", "item", "_local_scalar_dense", "is_nonzero")
+
+
+def issued_ops(prof) -> int:
+    """Leaf aten ops in a profile (no aten op below them) that would each run a kernel: the ops the
+    host issues one by one in eager PyTorch."""
+    return sum(1 for e in prof.events() if e.name.startswith("aten::") and not e.cpu_children
+               and e.name.removeprefix("aten::") not in NO_KERNEL)
+
+
 def kind(name: str) -> str:
     if name.startswith(GEMM) or "scaled_dot_product" in name:
         return "matrix multiplies (incl. attention)"
@@ -66,14 +80,21 @@ def main(steps: int = 40) -> dict:
         shares[kind(event.key)] += event.self_cpu_time_total
         top.append((event.self_cpu_time_total, event.key, event.count))
     total = sum(shares.values())
+    # The forward Linears (bias: addmm) against the GEMM rate train_throughput's limit measures
+    c = module.model.config
+    padded = sum(b["attention_mask"].numel() for b in batches[5:5 + steps])
+    linear_flops = 2 * padded * c.num_hidden_layers * (4 * c.hidden_size ** 2 + 2 * c.hidden_size * c.intermediate_size)
+    addmm_s = sum(t for t, k, _ in top if k == "aten::addmm") / 1e6
     result = {
-        "steps": steps, "wall_s": wall, "profiled_op_s": total / 1e6,
+        "steps": steps, "wall_s": wall, "profiled_op_s": total / 1e6, "padded_tokens_per_step": padded / steps,
+        "forward_linear_gflops": linear_flops / addmm_s / 1e9, "ops_per_step": issued_ops(prof) / steps,
         "shares": {k: v / total for k, v in sorted(shares.items(), key=lambda kv: -kv[1])},
         "top_ops": [{"op": k, "self_cpu_s": t / 1e6, "calls": c} for t, k, c in sorted(top, reverse=True)[:12]],
         "command": f"GLUE_DIR=../shared/data/glue python -m benchmarks.profile_step --steps {steps}",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
-    print(f"{steps} steps, {wall:.2f} s wall ({wall / steps * 1000:.0f} ms/step)")
+    print(f"{steps} steps, {wall:.2f} s wall ({wall / steps * 1000:.0f} ms/step), {padded / steps:.0f} padded tokens/step, "
+          f"{result['ops_per_step']:.0f} ops/step; forward Linears (addmm) at {result['forward_linear_gflops']:.0f} GFLOP/s")
     for k, v in result["shares"].items():
         print(f"  {k:42} {100 * v:5.1f}%")
     print("top ops by self CPU time:")
