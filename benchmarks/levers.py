@@ -54,6 +54,14 @@ def run_torch_dropout(n_samples: int, repeats: int, model_kw: dict, data_kw: dic
     return run_package(n_samples, repeats, model_kw, data_kw, name)
 
 
+def run_all_tokens(n_samples: int, repeats: int, model_kw: dict, data_kw: dict, name: str) -> dict:
+    """``run_package`` with the last layer computed for every token (no ``last_layer_first_token_only``)."""
+    import lora_lightning.model
+
+    lora_lightning.model.last_layer_first_token_only = lambda model: False
+    return run_package(n_samples, repeats, model_kw, data_kw, name)
+
+
 def run_bare_loop(n_samples: int, repeats: int, model_kw: dict, data_kw: dict, name: str) -> dict:
     """The same model, batches and AdamW in a plain loop: no Lightning, no logging, no reseeding; what
     it gains over ``run_package`` is the cost of Lightning's loop per step."""
@@ -80,6 +88,7 @@ def run_bare_loop(n_samples: int, repeats: int, model_kw: dict, data_kw: dict, n
 
 VARIANTS = [  # (row, model options, data options, environment, function)
     ("baseline (configs/sst2.yaml)", {}, {}, {}, run_package),
+    ("last layer for every token (before)", {}, {}, {}, run_all_tokens),
     ("torch nn.Dropout masks (bernoulli_, before)", {}, {}, {}, run_torch_dropout),
     ("lora_dropout 0 (12 fewer dropout masks per step)", {"lora_dropout": 0.0}, {}, {}, run_package),
     ("backbone_dropout 0 (20 fewer dropout masks per step)", {"backbone_dropout": 0.0}, {}, {}, run_package),
@@ -92,7 +101,8 @@ VARIANTS = [  # (row, model options, data options, environment, function)
 ]
 
 
-def levers(n_samples: int = 3200, repeats: int = 1, rounds: int = 3, only: str | None = None) -> list[dict]:
+def levers(n_samples: int = 3200, repeats: int = 1, rounds: int = 3, only: str | None = None,
+           out: str = str(RESULTS.parent / "levers.json")) -> list[dict]:
     """This package's loop with one lever changed at a time; writes benchmarks/results/levers.json.
 
     Args:
@@ -100,6 +110,7 @@ def levers(n_samples: int = 3200, repeats: int = 1, rounds: int = 3, only: str |
         repeats: timed passes per row and round (after one warm-up pass).
         rounds: interleaved rounds over all rows.
         only: comma-separated substrings of row names to run (the baseline always runs).
+        out: the JSON file to write.
     """
     chosen = [v for i, v in enumerate(VARIANTS)
               if i == 0 or not only or any(s.strip() in v[0] for s in only.split(","))]
@@ -127,9 +138,10 @@ def levers(n_samples: int = 3200, repeats: int = 1, rounds: int = 3, only: str |
         print(f"{r['row']:56} {r['samples_per_s']:>10.1f} {spread:>13} {r['real_tokens_per_s']:>11.0f} "
               f"{r['padded_tokens_per_s'] / r['real_tokens_per_s']:>12.3f} {r['peak_rss_mib']:>13.0f} "
               f"{r['samples_per_s'] / base:>11.2f}x")
-    out = RESULTS.parent / "levers.json"
+    out = Path(out)
     command = f"python -m benchmarks.levers --n_samples {n_samples} --repeats {repeats} --rounds {rounds}"
-    out.write_text(json.dumps({"command": command + (f" --only '{only}'" if only else ""),
+    command += (f" --only '{only}'" if only else "") + (f" --out {out}" if out != RESULTS.parent / "levers.json" else "")
+    out.write_text(json.dumps({"command": command,
                                "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
     return rows

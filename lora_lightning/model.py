@@ -22,7 +22,7 @@ from torchmetrics.wrappers import ClasswiseWrapper
 from lora_lightning.checkpoint import check_options, fill_frozen, keep_trainable
 from lora_lightning.dropout import use_fast_dropout
 from lora_lightning.errors import CheckpointError, LoRALightningWarning, OptionError, TrainingDivergedError
-from lora_lightning.backbone import HEAD_NAMES, check_lora_outside, load_backbone
+from lora_lightning.backbone import HEAD_NAMES, check_lora_outside, last_layer_first_token_only, load_backbone
 from lora_lightning.labels import resolve_id2label
 from lora_lightning.lora import count_parameters, inject_lora, mark_only_lora_as_trainable, merge_lora, unmerge_lora
 
@@ -195,6 +195,7 @@ class LoRAClassifier(pl.LightningModule):
         self.model, new = load_backbone(model_name_or_path, torch_dtype, backbone_dropout, num_labels, id2label)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
         use_fast_dropout(self.model)  # the same distribution, half the cost of its masks on CPU (dropout.py)
+        last_layer_first_token_only(self.model)  # exact: the head reads [CLS] only (backbone.py)
         if finetune not in ("lora", "full"):
             raise OptionError(f"model.finetune must be 'lora' or 'full', got {finetune!r}")
         names = [name for name, _ in self.model.named_modules()]

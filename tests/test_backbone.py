@@ -1,0 +1,53 @@
+"""The backbone (backbone.py): the last layer computed for the first token only, exactly."""
+
+import copy
+
+import pytest
+import torch
+
+from lora_lightning.backbone import last_layer_first_token_only, load_backbone
+
+
+def padded_batch(vocab: int = 26) -> dict:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, vocab, (3, 7), generator=g)
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, 4:] = 0  # a padded row
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_roberta_dir"])
+def test_first_token_only_gives_the_same_logits_and_gradients(fixture, request):
+    """BERT and RoBERTa: the pruned last layer outputs (B, 1, hidden), and the logits and every
+    parameter's gradient equal the full model's (float rounding, 1e-5), padded rows included."""
+    torch.manual_seed(0)
+    model, _ = load_backbone(request.getfixturevalue(fixture), dropout=0.0)
+    full = copy.deepcopy(model)
+    assert last_layer_first_token_only(model)
+    shapes = []
+    last = getattr(model, model.base_model_prefix).encoder.layer[-1]
+    last.output.register_forward_hook(lambda m, args, out: shapes.append(tuple(out.shape)))
+    model.train(), full.train()
+    logits, expected = model(**padded_batch()).logits, full(**padded_batch()).logits
+    assert shapes == [(3, 1, model.config.hidden_size)]
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    (logits * torch.tensor([1.0, -2.0])).sum().backward()
+    (expected * torch.tensor([1.0, -2.0])).sum().backward()
+    grads = 0
+    for (name, p), (_, q) in zip(model.named_parameters(), full.named_parameters()):
+        if q.grad is not None and q.grad.abs().sum() > 0:
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
+            grads += 1
+    assert grads > 20  # every layer's weights got a gradient, the last layer's FFN included
+
+
+def test_other_heads_are_left_alone(tiny_distilbert_dir, tiny_model_dir):
+    """DistilBERT is not in FIRST_TOKEN_HEADS: nothing changes. LoRAClassifier prunes BERT by itself."""
+    from lora_lightning.model import LoRAClassifier
+
+    model, _ = load_backbone(tiny_distilbert_dir)
+    assert not last_layer_first_token_only(model)
+    assert not any(m._forward_pre_hooks for m in model.modules())
+    module = LoRAClassifier(tiny_model_dir)
+    assert module.model.bert.encoder.layer[-1].attention.output._forward_pre_hooks
+    assert not module.model.bert.encoder.layer[0].attention.output._forward_pre_hooks
