@@ -9,7 +9,7 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities import rank_zero_info
 
-from lora_lightning.errors import OutputExistsError
+from lora_lightning.errors import OptionError, OutputExistsError
 
 
 def _flatten(indices) -> list[int]:
@@ -62,6 +62,11 @@ class PredictionWriter(BasePredictionWriter):
                 return
             probs = torch.cat([p for p, _ in shares])
             order = torch.cat([o for _, o in shares])
+        total = len(trainer.datamodule.predict_rows())
+        if probs.shape[0] < total:  # only a batch limit leaves rows out
+            raise OptionError(f"predicted {probs.shape[0]:,} of {total:,} rows (trainer.limit_predict_batches="
+                              f"{trainer.limit_predict_batches}), and the prediction file has one line per input "
+                              "row: to predict fewer rows, pass a shorter data.predict_file")
         if not torch.equal(order.sort().values, torch.arange(probs.shape[0])):
             raise RuntimeError(f"{probs.shape[0]} predictions do not map one-to-one onto the input rows")
         probs = torch.empty_like(probs).index_copy_(0, order, probs)  # back to input order

@@ -6,14 +6,16 @@ import pytest
 
 from conftest import quiet_trainer
 from lora_lightning.data import SST2DataModule
+from lora_lightning.errors import OptionError
 from lora_lightning.model import LoRAClassifier
 from lora_lightning.predict import SST2PredictionWriter
 
 
-def run_predict(tiny_ckpt, tiny_model_dir, toy_glue_dir, out, **dm_kw):
+def run_predict(tiny_ckpt, tiny_model_dir, toy_glue_dir, out, trainer_kw=None, **dm_kw):
     model = LoRAClassifier.load_from_checkpoint(tiny_ckpt, map_location="cpu")
     dm = SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir, max_length=8, **dm_kw)
-    quiet_trainer(callbacks=[SST2PredictionWriter(str(out))]).predict(model, dm, return_predictions=False)
+    trainer = quiet_trainer(callbacks=[SST2PredictionWriter(str(out))], **(trainer_kw or {}))
+    trainer.predict(model, dm, return_predictions=False)
     with open(out, newline="") as f:
         return list(csv.reader(f, delimiter="\t"))
 
@@ -52,3 +54,12 @@ def test_invalid_utf8_names_the_line(tmp_path, tiny_model_dir, toy_glue_dir):
     dm = SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir, predict_file=str(src))
     with pytest.raises(ValueError, match=r"bad.txt, line 3: not valid UTF-8"):
         dm.setup("predict")
+
+
+def test_limited_predict_batches_say_what_to_do(tiny_ckpt, tiny_model_dir, toy_glue_dir, tmp_path):
+    """trainer.limit_predict_batches leaves rows without a prediction: one error naming the option, no file."""
+    out = tmp_path / "SST-2.tsv"
+    with pytest.raises(OptionError, match=r"predicted 4 of 10 rows \(trainer.limit_predict_batches=1\).*data.predict_file"):
+        run_predict(tiny_ckpt, tiny_model_dir, toy_glue_dir, out, trainer_kw={"limit_predict_batches": 1},
+                    eval_batch_size=4)
+    assert not out.exists()
