@@ -28,6 +28,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.checkpoint_size import bert_base_folder
+from benchmarks.cost_growth import step_flops
 from benchmarks.profile_step import issued_ops
 from lora_lightning.data import SST2DataModule
 from lora_lightning.model import LoRAClassifier
@@ -75,9 +76,9 @@ def main(n_samples: int = 60614) -> dict:
 
         c = AutoConfig.from_pretrained(folder)
         ops = ops_per_step(folder, round(padded_per_sample))
-    d_model, ffn, layers, r = c.hidden_size, c.intermediate_size, c.num_hidden_layers, 4
-    forward = 2 * layers * (4 * d_model * d_model + 2 * d_model * ffn + 2 * padded_per_sample * d_model)
-    per_token = 2 * forward + 2 * layers * 2 * 2 * r * d_model * 3  # as train_throughput.run_limit counts it
+    adapters = [(c.hidden_size, c.hidden_size)] * 2 * c.num_hidden_layers  # query and value of every layer
+    # the limit's count (cost_growth.step_flops), attention over the padded length, per token
+    per_token = step_flops(c, 1, padded_per_sample, 4, adapters) / padded_per_sample
     a = ASSUMED
     rows = []
     for gpus in (1, 8):
