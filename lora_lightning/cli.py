@@ -39,8 +39,9 @@ TRAINING_OPTIONS = ("learning_rate", "weight_decay", "warmup_ratio", "lora_dropo
                     "backbone_dropout")
 # Data options that decide which sentences a stage sees, per stage.
 DATA_OPTIONS = {
-    "fit": ("val_fraction", "seed", "max_train_samples", "max_eval_samples", "max_length", "batch_size"),
-    "validate": ("val_fraction", "seed", "max_eval_samples", "max_length"),
+    "fit": ("val_fraction", "val_split", "group_column", "seed", "max_train_samples", "max_eval_samples", "max_length",
+            "batch_size"),
+    "validate": ("val_fraction", "val_split", "group_column", "seed", "max_eval_samples", "max_length"),
     "test": ("max_eval_samples", "max_length"),
     "predict": ("max_length",),
 }
@@ -166,6 +167,8 @@ class LoRACLI(LightningCLI):
         if updates:
             self.config = self.parser.parse_object({subcommand: {"model": updates}}, self.config)
         run_data = ckpt.get("datamodule_hyper_parameters", {})
+        if run_data and "val_split" in data_args(self.config[subcommand]):
+            run_data = {"val_split": "random", **run_data}  # SST-2 runs from before the option split at random
         run_config = Path(ckpt_path).resolve().parent.parent / "config.yaml"
         match = f"--config {run_config}" if run_config.is_file() else "the same --data options"
         resumed = {}

@@ -45,10 +45,12 @@ def test_compare_runs_tests_and_resumes(tiny_model_dir, toy_glue_dir, tmp_path):
         assert correct == r["dev_correct"] and round(correct / 40, 4) == r["dev_acc"]  # same as Lightning's test_acc
         assert len(r["val_acc_curve"]) == 1 and r["val_acc_curve"][-1] == r["val_acc"]
         assert r["checkpoint_bytes"] > 0 and "--seed_everything 7" in r["command"]
-    (test,) = results["tests"]
+        assert r["split"] == "by_sentence" and r["precision"] == "32-true" and r["device"].startswith("CPU")
+        assert len(r["val_predictions"]) == len(r["val_labels"]) > 0
+    (test,) = results["summary"]["per_seed"]
     assert (test["a"], test["b"], test["seed"]) == ("default", "full", 7)
     assert test["difference"] == round(default["dev_acc"] - full["dev_acc"], 4)
     assert test["only_a_right"] - test["only_b_right"] == default["dev_correct"] - full["dev_correct"]
     before = out.read_text()
     again = compare.main("default,full", seeds="7", json_path=str(out), extra="--no-such-option 1")
-    assert json.loads(before)["runs"] == again["runs"] and out.read_text() == before
+    assert json.loads(before)["runs"] == again["runs"] and json.loads(out.read_text()) == json.loads(before)

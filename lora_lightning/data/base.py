@@ -1,177 +1,31 @@
-"""Labeled text as a ``LightningDataModule``: read, split, tokenise, batch.
+"""``TextClassificationDataModule``: labeled text files as a ``LightningDataModule`` (read, split,
+tokenise, batch).
 
-``TextClassificationDataModule`` takes the user's files (``tables``: TSV, CSV, JSON lines, Parquet;
-any number of classes; one text or a pair per row). ``SST2DataModule`` is its preset for SST-2, the
-default task. Files are read from their bytes on every ``setup``; nothing is cached on disk under a
-path or a modification time, so a file replaced in place (``cp -p``, ``rsync -a``, an archive) is
-read as it is now. Without a folder SST-2 comes from the Hub (``datasets.load_dataset``, cached by
-dataset revision).
-
-SST-2's splits (GLUE, Wang et al. 2018; SST-2, Socher et al. 2013):
-
-- ``fit``: GLUE's train set (67,349 sentences) split ``1 - val_fraction`` / ``val_fraction``
-  with ``seed`` into train (60,614) and val (6,735);
-- ``test``: GLUE's labeled dev set (872 sentences), the number papers report;
-- ``predict``: GLUE's unlabeled test set (1,821 sentences).
+It takes the user's files (``tables``: TSV, CSV, JSON lines, Parquet; any number of classes; one text
+or a pair per row); ``sst2.py`` holds its preset for SST-2, the default task. Files are read from their
+bytes on every ``setup``; nothing is cached on disk under a path or a modification time, so a file
+replaced in place (``cp -p``, ``rsync -a``, an archive) is read as it is now.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 import pytorch_lightning as pl
-import torch
-from datasets import Dataset, Features, Value, load_dataset
+from datasets import Dataset, Value
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
-from transformers import AutoConfig, DataCollatorWithPadding, PretrainedConfig
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers import AutoConfig, DataCollatorWithPadding
 
+from lora_lightning.data.limits import model_token_limit
+from lora_lightning.data.samplers import EpochLengthGroupedSampler, SortedLengthBatchSampler
+from lora_lightning.data.splits import duplicate_texts, group_split
 from lora_lightning.errors import DataFileError, LoRALightningWarning, OptionError
 from lora_lightning.hub import hub_error, load_tokenizer, resolve_model_path
 from lora_lightning.loaders import ResumableDataLoader, ShardedOrderSampler
 from lora_lightning.tables import (FORMATS, Table, check_columns, check_text, encode_labels, label_values, read_lines,
                                    read_table)
-
-HUB_DATASET = ("nyu-mll/glue", "sst2")
-FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
-# Model types whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids):
-# their max_position_embeddings rows hold max_position_embeddings - padding_idx - 1 tokens. The padding
-# index is config.pad_token_id, except MPNet's, fixed at 1.
-POSITIONS_AFTER_PADDING = frozenset({
-    "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "data2vec-text",
-    "longformer", "ibert", "mpnet", "xmod", "luke", "markuplm",
-})
-UNSET_TOKENIZER_LIMIT = 10**6  # a tokenizer saved without model_max_length reports ~1e30
-
-
-class EpochLengthGroupedSampler(LengthGroupedSampler):
-    """transformers' ``LengthGroupedSampler`` with a per-epoch seed.
-
-    Shuffles indices, cuts them into mega-batches of ``50 * batch_size`` (fewer for small sets),
-    sorts each by length, longest batch first (Trainer's ``group_by_length``). Lightning calls ``set_epoch`` before each epoch, so
-    the order depends only on ``(seed, epoch)``: a resumed run sees the same batches.
-    """
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
-        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
-        self.seed = seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.generator.manual_seed(self.seed + epoch)
-
-
-class SortedLengthBatchSampler(torch.utils.data.Sampler):
-    """Batches of (nearly) one length, in a new random order every epoch: less padding than
-    ``EpochLengthGroupedSampler``'s mega-batches.
-
-    Each epoch: shuffle every index, sort stably by length (so sentences of one length are in a new
-    random order), cut into batches of ``batch_size``, shuffle the order of the full batches and put
-    the partial one (if any) last, so that ``BatchSampler`` cuts the same batches. Padding is only
-    where a batch spans two lengths. The order depends only on ``(seed, epoch)``: a resumed run sees
-    the same batches. Yields indices, ``len(lengths)`` per epoch.
-    """
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
-        self.batch_size, self.lengths, self.seed = batch_size, list(lengths), seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = sorted(torch.randperm(len(self.lengths), generator=g).tolist(), key=self.lengths.__getitem__)
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        full = len(order) // self.batch_size
-        shuffled = [batches[i] for i in torch.randperm(full, generator=g).tolist()] + batches[full:]
-        return (i for batch in shuffled for i in batch)
-
-
-def find_data_dir(data_dir: str | None) -> Path | None:
-    """``data_dir`` if given, else ``$GLUE_DIR/SST-2`` if ``GLUE_DIR`` is set, else ``None`` (the Hub).
-
-    Raises:
-        DataFileError: the chosen folder does not exist.
-    """
-    if data_dir is None and os.environ.get("GLUE_DIR"):
-        data_dir = os.path.join(os.environ["GLUE_DIR"], "SST-2")
-        origin = "GLUE_DIR"
-    else:
-        origin = "data.data_dir"
-    if data_dir is None:
-        return None
-    path = Path(data_dir).expanduser()
-    if not path.is_dir():
-        raise DataFileError(f"{origin}: SST-2 folder {path} does not exist (expected train.tsv and dev.tsv in it)")
-    if not (path / FILES["train"]).is_file() and (path / "SST-2" / FILES["train"]).is_file():
-        raise DataFileError(f"{origin}: {path} holds SST-2/, not the files: pass {path / 'SST-2'}")
-    return path
-
-
-def read_split(path: Path, labeled: bool) -> Dataset:
-    """Read one GLUE-format SST-2 TSV (``tables.check_tsv``'s parse) as an in-memory ``Dataset``.
-
-    Tab-separated, quoting off (a ``"`` is text), every field kept as a string (no NA parsing:
-    ``null``/``nan``/``NA``/``true`` stay text), UTF-8 with or without BOM, LF or CRLF line ends.
-    A bare CR (or any other character but LF and tab) inside a sentence is kept in it as is. Rows
-    keep the file's order. The file is read from its bytes on every call: no cache.
-
-    Returns:
-        a ``Dataset`` with ``sentence`` (string) and, when ``labeled``, ``label`` (int64, 0/1); an
-        unlabeled file keeps its ``index`` column (string) if it has one.
-
-    Raises:
-        DataFileError: see ``tables.check_tsv``; a missing ``sentence``/``label`` column (line 1),
-            a label that is not 0 or 1 (its line).
-    """
-    table = read_table(path, "data.data_dir")
-    need = ["sentence", "label"] if labeled else ["sentence"]
-    hint = " (GLUE's test.tsv has no labels: use `predict` for it; `test` uses the labeled dev.tsv)" \
-        if labeled and "label" not in table.rows.column_names and "sentence" in table.rows.column_names else ""
-    check_columns(table, {c: f"data.{c}" for c in need}, hint=hint)
-    if not labeled:
-        keep = ["sentence"] + (["index"] if "index" in table.rows.column_names else [])
-        return table.rows.select_columns(keep)
-    ids = encode_labels(table, [v.strip() for v in table.rows["label"]], {"0": 0, "1": 1}, "0 or 1")
-    return Dataset.from_dict({"sentence": table.rows["sentence"], "label": ids},
-                             features=Features({"sentence": Value("string"), "label": Value("int64")}))
-
-
-def model_token_limit(config: PretrainedConfig, tokenizer=None) -> int | None:
-    """The most tokens per sentence (``[CLS]`` and ``[SEP]`` included) the model can take.
-
-    The smaller of: the rows of the model's position table (``max_position_embeddings``, or
-    ``n_positions``), less ``padding_idx + 1`` for the RoBERTa-like ``POSITIONS_AFTER_PADDING`` model
-    types whose position ids start after the padding index (RoBERTa-base: 514 rows, 512 tokens); and
-    the tokenizer's ``model_max_length`` when it is set (a tokenizer saved without it reports ~1e30,
-    which is ignored).
-
-    Args:
-        config: the model's config (``AutoConfig.from_pretrained``).
-        tokenizer: the model's tokenizer, or ``None`` for the config's limit alone.
-
-    Returns:
-        tokens, or ``None`` when neither the config nor the tokenizer gives a limit.
-    """
-    limits = []
-    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if isinstance(positions, int):
-        if config.model_type in POSITIONS_AFTER_PADDING:
-            padding_idx = 1 if config.model_type == "mpnet" else config.pad_token_id
-            positions -= (padding_idx or 0) + 1
-        limits.append(positions)
-    tokenizer_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tokenizer_max, int) and tokenizer_max < UNSET_TOKENIZER_LIMIT:
-        limits.append(tokenizer_max)
-    return min(limits, default=None)
 
 
 class TextClassificationDataModule(pl.LightningDataModule):
@@ -181,7 +35,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
     ``.parquet``; ``predict_file`` may also be a ``.txt`` of one text per line). Splits:
 
     - ``fit``: ``train_file``, and ``validation_file``, or, without one, a seeded ``val_fraction``
-      split of ``train_file`` (``datasets``' ``train_test_split``);
+      split of ``train_file``: by ``group_column`` when given (rows that share its value stay on one
+      side, ``splits.group_split``), else of single rows (``datasets``' ``train_test_split``);
     - ``test``: ``test_file`` (labeled);
     - ``predict``: ``predict_file`` (its labels, if any, are not read).
 
@@ -206,6 +61,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
         max_length: tokens per row at most (including [CLS] and [SEP]); longer are truncated.
         val_fraction: share of ``train_file`` held out as the val split when there is no
             ``validation_file``, in (0, 1).
+        group_column: a column whose rows with one value stay together on one side of that val split
+            (a review id, a user, a source document): the val split then holds no text whose source
+            is in train. ``None``: rows are held out one by one. Values are compared as read.
         seed: seed of the train/val split and of the length-grouped shuffle.
         group_by_length: batch training rows of similar length (less padding).
         length_grouping: how (with ``group_by_length``): ``sorted``, batches of (nearly) one length
@@ -248,6 +106,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         eval_batch_size: int = 128,
         max_length: int = 128,
         val_fraction: float = 0.1,
+        group_column: str | None = None,
         seed: int = 42,
         group_by_length: bool = True,
         length_grouping: Literal["sorted", "megabatch"] = "sorted",
@@ -270,13 +129,15 @@ class TextClassificationDataModule(pl.LightningDataModule):
             raise OptionError(f"data.num_workers must be >= 0, got {num_workers}")
         if not 0 <= seed < 2**32:  # numpy's split refuses negative seeds; Lightning's seeds are uint32 too
             raise OptionError(f"data.seed must be in [0, 2**32 - 1], got {seed}")
-        columns = {"data.text_column": text_column, "data.text_pair_column": text_pair_column, "data.label_column": label_column}
+        columns = {"data.text_column": text_column, "data.text_pair_column": text_pair_column,
+                   "data.label_column": label_column, "data.group_column": group_column}
         given = [(k, v) for k, v in columns.items() if v is not None]
         if len({v for _, v in given}) < len(given):
             raise OptionError(f"{', '.join(f'{k}={v!r}' for k, v in given)}: each must name a different column")
         self.files = {"train": train_file, "val": validation_file, "test": test_file, "predict": predict_file}
         self.text_columns = [text_column] + ([text_pair_column] if text_pair_column else [])
         self.label_column = label_column
+        self.group_column = group_column
         self.save_hyperparameters()
         self.tokenizer = None
         self.datasets: dict[str, Dataset] = {}
@@ -321,9 +182,12 @@ class TextClassificationDataModule(pl.LightningDataModule):
         return dict(enumerate(names))
 
     # --- reading -----------------------------------------------------------------------------------
-    def _labeled(self, table: Table) -> Dataset:
-        """``table``'s text column(s) and its labels as class ids (``label``, int64), checked."""
+    def _labeled(self, table: Table, group: bool = False) -> Dataset:
+        """``table``'s text column(s) and its labels as class ids (``label``, int64), checked; with
+        ``group``, also ``group_column``'s values as ``group`` (text; a missing value: its own group)."""
         needed = {c: o for c, o in zip(self.text_columns, ("data.text_column", "data.text_pair_column"))}
+        if group:
+            needed[self.group_column] = "data.group_column"
         check_columns(table, {**needed, self.label_column: "data.label_column"})
         for column in self.text_columns:
             check_text(table, column)
@@ -332,6 +196,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
         known = f"one of data.train_file's labels {self.label_values}"
         ids = encode_labels(table, values, label2id, known)
         texts = table.rows.select_columns(self.text_columns)
+        if group:
+            groups = [f"\0row {i}" if v is None else str(v) for i, v in enumerate(table.rows[self.group_column])]
+            texts = texts.add_column("group", groups)
         return texts.add_column("label", ids).cast_column("label", Value("int64"))
 
     def _unlabeled(self, path: str) -> Dataset:
@@ -356,7 +223,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
     def load_raw(self) -> dict[str, Dataset]:
         """The splits that have files: ``train`` (and ``val``, ``test``), each with the text column(s)
         and ``label`` (class ids); ``predict`` is read in ``setup``."""
-        raw = {"train": self._labeled(self._train())}
+        raw = {"train": self._labeled(self._train(), group=self.group_column is not None)}
         for split, option in (("val", "data.validation_file"), ("test", "data.test_file")):
             if self.files[split] is not None:
                 raw[split] = self._labeled(read_table(self.files[split], option))
@@ -389,12 +256,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self._check_model_fits()
         parts = self.load_raw()
         if "val" not in parts:
-            try:
-                split = parts["train"].train_test_split(test_size=hp.val_fraction, seed=hp.seed)
-            except ValueError:  # datasets: "the resulting train set will be empty"
-                raise OptionError(f"data.val_fraction={hp.val_fraction} leaves no train rows of the "
-                                  f"{len(parts['train'])} in {self._train_source()}") from None
-            parts.update(train=split["train"], val=split["test"])
+            parts["train"], parts["val"] = self.split_val(parts["train"])
+        self._warn_duplicates(parts)
         if self.files["predict"] is not None:
             parts["predict"] = self._unlabeled(self.files["predict"])
         if "predict" in parts:
@@ -410,6 +273,56 @@ class TextClassificationDataModule(pl.LightningDataModule):
             rank_zero_info(f"data.max_eval_samples={hp.max_eval_samples}: " +
                            ", ".join(f"{k} uses {len(parts[k]):,} of {sizes[k]:,} rows" for k in evals))
         self.datasets = {k: self._tokenize(ds) for k, ds in parts.items()}
+
+    def split_val(self, train: Dataset) -> tuple[Dataset, Dataset]:
+        """Hold out ``val_fraction`` of the train rows as val (there is no ``validation_file``), seeded by
+        ``seed``: whole groups of ``group_column`` (``splits.group_split``), or single rows.
+
+        Returns:
+            ``(train, val)``.
+
+        Raises:
+            OptionError: ``val_fraction`` leaves no train rows; ``group_column`` has fewer than 2 values.
+        """
+        hp = self.hparams
+        if self.group_column is None:
+            try:
+                split = train.train_test_split(test_size=hp.val_fraction, seed=hp.seed)
+            except ValueError:  # datasets: "the resulting train set will be empty"
+                raise OptionError(f"data.val_fraction={hp.val_fraction} leaves no train rows of the "
+                                  f"{len(train)} in {self._train_source()}") from None
+            return split["train"], split["test"]
+        groups = train["group"]
+        try:
+            keep, held = group_split(groups, hp.val_fraction, hp.seed)
+        except ValueError as error:
+            raise OptionError(f"data.group_column={self.group_column!r}: {self._train_source()} has {error}") from None
+        rank_zero_info(f"val split by data.group_column={self.group_column!r} (seed {hp.seed}): train {len(keep):,} rows "
+                       f"of {len({groups[i] for i in keep}):,} groups, val {len(held):,} rows of "
+                       f"{len({groups[i] for i in held}):,} groups, none in both")
+        return train.select(keep), train.select(held)
+
+    # splits whose rows are compared with train's for duplicate texts (a preset may check val its own way)
+    duplicate_checked = ("val", "test")
+
+    def _warn_duplicates(self, parts: dict[str, Dataset]) -> None:
+        """One warning per split (``duplicate_checked``) that has rows whose text is also a train row's
+        (``splits.duplicate_texts``: case and spacing ignored; for pairs, both texts), with the count
+        and two examples: such rows score what was learnt by heart, not what generalises."""
+        def texts(ds: Dataset) -> list[str]:
+            return ["\t".join(row) for row in zip(*(ds[c] for c in self.text_columns))]
+
+        train = texts(parts["train"])
+        names = {"val": "validation_file" if self.files["val"] else "val split", "test": "test_file"}
+        for split in self.duplicate_checked:
+            if split not in parts:
+                continue
+            count, examples = duplicate_texts(train, texts(parts[split]))
+            if count:
+                hint = " or data.group_column to keep a source's rows together" if split == "val" and not self.files["val"] else ""
+                rank_zero_warn(f"{count:,} of {len(parts[split]):,} {split} rows ({names[split]}) have a text that is also "
+                               f"in train (case and spacing ignored), e.g. {examples}: their {split} score is memory, "
+                               f"not generalisation; remove them{hint}", category=LoRALightningWarning)
 
     def _check_model_fits(self) -> None:
         """Refuse, before any data is read, options the model's config says it cannot run.
@@ -516,92 +429,3 @@ class TextClassificationDataModule(pl.LightningDataModule):
         if "predict" not in self.datasets:
             raise DataFileError(self._no_predict_rows)
         return self._loader("predict")
-
-
-class SST2DataModule(TextClassificationDataModule):
-    """SST-2 (binary sentiment, Socher et al. 2013, from GLUE): ``TextClassificationDataModule``'s preset.
-
-    Data source, first that applies: ``data_dir`` (a GLUE-format ``SST-2`` folder with
-    ``train.tsv``, ``dev.tsv`` and optionally ``test.tsv``), ``$GLUE_DIR/SST-2``, the Hub's
-    ``nyu-mll/glue`` (config ``sst2``). Splits: GLUE's train set, ``val_fraction`` of it held out
-    (seeded) as val; GLUE's labeled dev set as ``test``; GLUE's unlabeled test set as ``predict``.
-    Text column ``sentence``; labels 0/1, named ``negative``/``positive``.
-
-    Args:
-        model_name_or_path: the model whose fast tokenizer is used (linked to the model's by the CLI).
-        data_dir: GLUE-format SST-2 folder; ``None`` for ``$GLUE_DIR/SST-2`` or the Hub.
-        batch_size: training sentences per optimizer step.
-        eval_batch_size: sentences per validation/test/predict batch.
-        max_length: tokens per sentence at most (including [CLS] and [SEP]); longer are truncated.
-        val_fraction: share of GLUE's train set held out as the val split, in (0, 1).
-        seed: seed of the train/val split and of the length-grouped shuffle.
-        group_by_length: batch training sentences of similar length (less padding).
-        length_grouping: ``sorted`` or ``megabatch``, as ``TextClassificationDataModule``'s.
-        sort_eval_by_length: run val/test/predict batches sorted by length (predictions are
-            written back in input order).
-        max_train_samples: use only the first N sentences of the train split (for quick runs), N >= 1.
-        max_eval_samples: use only the first N sentences of the val and test splits, N >= 1.
-        predict_file: a file to ``predict`` on instead of GLUE's ``test.tsv``: a UTF-8 text file of
-            one sentence per line (every line, empty ones too, gets a prediction, in order), or a
-            ``.tsv``/``.csv``/``.jsonl``/``.parquet`` file with a ``sentence`` column.
-        num_workers: DataLoader worker processes (0: in the main process).
-
-    Raises:
-        OptionError: as ``TextClassificationDataModule``.
-        DataFileError: in ``setup``, see ``read_split``.
-    """
-
-    LABELS = (0, 1)
-    LABEL_NAMES = ("negative", "positive")
-    _no_predict_rows = "predict needs GLUE's test.tsv in the SST-2 folder, which was not found (or --data.predict_file)"
-
-    def __init__(
-        self,
-        model_name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2",
-        data_dir: str | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int = 128,
-        max_length: int = 128,
-        val_fraction: float = 0.1,
-        seed: int = 42,
-        group_by_length: bool = True,
-        length_grouping: Literal["sorted", "megabatch"] = "sorted",
-        sort_eval_by_length: bool = True,
-        max_train_samples: int | None = None,
-        max_eval_samples: int | None = None,
-        predict_file: str | None = None,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__(
-            train_file=None, predict_file=predict_file, text_column="sentence", label_column="label",
-            model_name_or_path=model_name_or_path, batch_size=batch_size, eval_batch_size=eval_batch_size,
-            max_length=max_length, val_fraction=val_fraction, seed=seed, group_by_length=group_by_length,
-            length_grouping=length_grouping,
-            sort_eval_by_length=sort_eval_by_length, max_train_samples=max_train_samples,
-            max_eval_samples=max_eval_samples, num_workers=num_workers)
-        # this preset's options only: the base class's file and column options are data_dir's and SST-2's
-        self.save_hyperparameters(ignore=["train_file", "validation_file", "test_file", "text_column",
-                                          "text_pair_column", "label_column"])
-
-    def load_raw(self) -> dict[str, Dataset]:
-        """GLUE's SST-2 as ``train``, ``test`` (GLUE dev) and, when there is one, ``predict`` (GLUE test)."""
-        path = find_data_dir(self.hparams.data_dir)
-        if path is None:
-            try:
-                raw = load_dataset(*HUB_DATASET)  # columns sentence, label, idx; the test labels are all -1
-            except Exception as error:  # offline, no access: datasets raises ConnectionError, FileNotFoundError, ...
-                raise DataFileError(
-                    f"SST-2: no data.data_dir and no GLUE_DIR, and the Hub's {HUB_DATASET[0]} ({HUB_DATASET[1]}) "
-                    f"could not be loaded ({type(error).__name__}). Set GLUE_DIR to the folder holding SST-2/ "
-                    f"(e.g. export GLUE_DIR=../shared/data/glue) or pass --data.data_dir"
-                ) from None
-            return {"train": raw["train"].remove_columns("idx"), "test": raw["validation"].remove_columns("idx"),
-                    "predict": raw["test"].remove_columns("label").rename_column("idx", "index")}
-        splits = {"train": read_split(path / FILES["train"], True), "test": read_split(path / FILES["validation"], True)}
-        if (path / FILES["test"]).is_file():
-            splits["predict"] = read_split(path / FILES["test"], False)
-        return splits
-
-    def _train_source(self) -> str:
-        path = find_data_dir(self.hparams.data_dir)
-        return str(path / FILES["train"]) if path is not None else f"the Hub's {HUB_DATASET[0]} train split"
