@@ -30,7 +30,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from lora_lightning.callbacks import ResumeSafeSaveConfig, interactive
 from lora_lightning.checkpoint import LABEL_OPTIONS, STRUCTURE_OPTIONS, check_checkpoint, normalise_hparam
 from lora_lightning.data import SST2DataModule, TextClassificationDataModule
-from lora_lightning.errors import LoRALightningError, LoRALightningWarning, OneLineErrors, OptionError
+from lora_lightning.errors import LoRALightningError, LoRALightningWarning, OneLineErrors, OptionError, command_line
 from lora_lightning.model import LoRAClassifier
 
 CONFIG_DIRS = (Path(__file__).resolve().parent / "configs",)
@@ -298,22 +298,23 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> LoRACLI:
     Raises:
         LoRALightningError: bad options, data or checkpoints (``main`` prints it as one line).
     """
-    if args is not None:
-        args = resolve_config_args(args)
-    else:
-        sys.argv[1:] = resolve_config_args(sys.argv[1:])
-    return LoRACLI(
-        LoRAClassifier,
-        TextClassificationDataModule,
-        subclass_mode_data=True,
-        seed_everything_default=42,
-        parser_class=OneLineParser,
-        parser_kwargs={"prog": "python -m lora_lightning"},
-        save_config_callback=ResumeSafeSaveConfig,
-        auto_configure_optimizers=False,
-        args=args,
-        run=run,
-    )
+    with command_line():  # errors name options as flags (model.r), not as Python arguments
+        if args is not None:
+            args = resolve_config_args(args)
+        else:
+            sys.argv[1:] = resolve_config_args(sys.argv[1:])
+        return LoRACLI(
+            LoRAClassifier,
+            TextClassificationDataModule,
+            subclass_mode_data=True,
+            seed_everything_default=42,
+            parser_class=OneLineParser,
+            parser_kwargs={"prog": "python -m lora_lightning"},
+            save_config_callback=ResumeSafeSaveConfig,
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+        )
 
 
 def main(args: list[str] | None = None) -> int:
@@ -321,12 +322,13 @@ def main(args: list[str] | None = None) -> int:
     argv = sys.argv[1:] if args is None else args
     quiet_for_files()
     try:
-        if argv[:1] == ["export"]:
-            from lora_lightning.export import export_main
+        with command_line():
+            if argv[:1] == ["export"]:
+                from lora_lightning.export import export_main
 
-            export_main(argv[1:])
-        else:
-            cli_main(args)
+                export_main(argv[1:])
+            else:
+                cli_main(args)
     except LoRALightningError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -3,8 +3,30 @@
 The command line prints their message alone (one line, exit code 2) instead of a traceback.
 """
 
+import contextvars
 import difflib
 import re
+from contextlib import contextmanager
+
+# Set while the command line runs: errors then name options as its flags (``model.r``), else as the
+# Python arguments a user passed (``r``).
+_COMMAND_LINE = contextvars.ContextVar("lora_lightning_command_line", default=False)
+
+
+def option(section: str, name: str) -> str:
+    """How an error names an option: ``model.r`` / ``data.max_length`` under the command line (``cli.py``),
+    ``r`` / ``max_length`` (the argument of ``LoRAClassifier`` / the data module) from Python."""
+    return f"{section}.{name}" if _COMMAND_LINE.get() else name
+
+
+@contextmanager
+def command_line():
+    """Errors raised inside name options as command-line flags (see ``option``)."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
 
 
 class LoRALightningError(Exception):

@@ -1,35 +1,50 @@
 """Labeled text files, read and checked: TSV, CSV, JSON lines / JSON, Parquet, and plain text lines.
 
 One reader per format, chosen by the file's extension, and every check runs on the rows that reader
-returns, so what is validated is exactly what is trained on:
+returns, so what is validated is exactly what is trained on. Every error is one line naming the file,
+the line an editor shows for the row (1-based, the header counted), or for Parquet the row (1-based),
+and the value.
 
-- ``.tsv``: this package's parser (``check_tsv``): GLUE's rules, a tab ends every field, no quoting
-  (a ``"`` is text), LF or CRLF ends a row (a bare CR is text), every field a string;
-- ``.csv``: ``datasets``' CSV builder (pandas), quoting as CSV defines it (RFC 4180), every field
-  read as a string (no missing-value parsing: ``NA``, ``null``, empty stay text);
-- ``.jsonl`` / ``.json``: ``datasets``' JSON builder (one object per line, or a list of objects);
-- ``.parquet``: ``datasets``' Parquet builder;
+- ``.tsv``: tab-separated, one header row, every field a string. Two dialects exist in the wild:
+  GLUE's, with no quoting at all (a ``"`` is text, ``check_tsv``), and the quoted one that pandas
+  (``to_csv(sep="\\t")``), Python's ``excel-tab`` and spreadsheets write, where a field holding a tab, a
+  line break or a ``"`` is enclosed in ``"`` (inner quotes doubled) and may span lines. ``quoting="auto"``
+  (``tsv_dialect``) reads a file the one way its content allows; where both readings are valid and
+  differ, it asks for ``data.tsv_quoting``;
+- ``.csv``: Python's ``csv`` module, quoting as RFC 4180 defines it (a quoted field may span lines),
+  every field a string (no missing-value parsing: ``NA``, ``null``, empty stay text);
+- ``.jsonl`` / ``.json``: Python's ``json``, one object per line (blank lines skipped), or a ``.json``
+  array of objects; values keep their JSON types;
+- ``.parquet``: ``datasets``' Parquet builder (pyarrow), types as stored;
 - ``.txt`` (``predict`` only): one text per line, see ``read_lines``.
 
-Files are parsed from their bytes on every call (``datasets`` builds in a temporary folder that is
-removed after): no cache keyed on a path or a modification time. Errors are one line naming the
-file, the line (TSV) or row (the other formats, 1-based, header not counted), and the value.
+The text readers are the standard library's, not ``datasets``' (pandas) builders, because those do not
+say on which line of the file a row starts. Files are parsed from their bytes on every call: no cache
+keyed on a path or a modification time.
+
+Labels (``label_values``) are compared as text, so a CSV ``0``, a JSON ``0`` and a JSON ``"0"`` are one
+class, and ``01`` and ``1`` are two.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import json
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from datasets import Dataset, Features, Value
 
 from lora_lightning.errors import DataFileError
 
 FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-INTEGER = re.compile(r"\s*[-+]?\d+\s*")
+TsvQuoting = Literal["auto", "none", "csv"]
+INTEGER = re.compile(r"[-+]?(0|[1-9][0-9]*)")  # a plain integer: no leading zero
+DIGITS = re.compile(r"[-+]?[0-9]+")  # digits, leading zeros allowed: "01" is a code, not the integer 1
 
 
 @dataclass
@@ -38,24 +53,55 @@ class Table:
 
     Attributes:
         path: the file.
-        rows: its rows as a ``Dataset``, in file order (TSV/CSV: every column a string).
+        columns: column name -> its values, one per row, in file order (TSV/CSV: strings).
         option: the option that named the file (e.g. ``data.train_file``), for errors.
+        lines: the 1-based line of the file on which each row starts (``None``: Parquet, no lines).
+        text_format: whether every field was read as text (TSV, CSV), not typed (JSON, Parquet).
     """
 
     path: Path
-    rows: Dataset
+    columns: dict[str, list]
     option: str
+    lines: list[int] | None = None
+    text_format: bool = False
 
     @property
-    def text_format(self) -> bool:
-        """Whether every field was read as a string (TSV, CSV): labels are then parsed from text."""
-        return self.path.suffix.lower() in (".tsv", ".csv")
+    def column_names(self) -> list[str]:
+        return list(self.columns)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()), []))
+
+    def __getitem__(self, column: str) -> list:
+        return self.columns[column]
 
     def where(self, i: int) -> str:
-        """``path, line N`` (TSV: the header is line 1) or ``path, row N`` for row index ``i``."""
-        if self.path.suffix.lower() == ".tsv":
-            return f"{self.path}, line {i + 2}"
+        """``path, line N`` (the line an editor shows row ``i`` starting on) or, for Parquet, ``path, row N``."""
+        if self.lines is not None:
+            return f"{self.path}, line {self.lines[i]}"
         return f"{self.path}, row {i + 1}"
+
+    def header_where(self) -> str:
+        """Where the column names are: ``path, line 1`` for TSV/CSV, else the path."""
+        return f"{self.path}, line 1" if self.text_format else str(self.path)
+
+    def dataset(self, columns: list[str]) -> Dataset:
+        """``columns`` as an in-memory ``Dataset`` of strings (check them with ``check_text`` first)."""
+        return Dataset.from_dict({c: list(self.columns[c]) for c in columns},
+                                 features=Features({c: Value("string") for c in columns}))
+
+
+def decode(path: Path, data: bytes) -> str:
+    """UTF-8 (BOM allowed) ``data`` as text.
+
+    Raises:
+        DataFileError: invalid UTF-8, naming ``path`` and the line.
+    """
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataFileError(f"{path}, line {line}: not valid UTF-8 ({error.reason})") from None
 
 
 def split_lines(path: Path, data: bytes) -> list[str]:
@@ -69,25 +115,20 @@ def split_lines(path: Path, data: bytes) -> list[str]:
     Raises:
         DataFileError: invalid UTF-8, naming ``path`` and the line.
     """
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise DataFileError(f"{path}, line {line}: not valid UTF-8 ({error.reason})") from None
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    lines = [line.removesuffix("\r") for line in decode(path, data).split("\n")]
     if lines and lines[-1] == "":
         lines.pop()
     return lines
 
 
 def check_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
-    """Parse a GLUE-format TSV: the one parser of ``.tsv`` files.
+    """Parse a GLUE-format TSV (no quoting): a tab ends every field, a ``"`` is text.
 
-    Lines are ``split_lines``' (LF or CRLF ends a row; a bare CR is text); fields are split at every
-    tab, with no quoting (a ``"`` is text) and no missing-value parsing.
+    Lines are ``split_lines``' (LF or CRLF ends a row; a bare CR is text); no missing-value parsing.
 
     Returns:
-        ``(header, rows)``: the column names, and each row's fields (str), in file order.
+        ``(header, rows)``: the column names, and each row's fields (str), in file order; row ``i`` is on
+        line ``i + 2``.
 
     Raises:
         DataFileError: naming the file (and line): missing, empty, not UTF-8, a header and no rows,
@@ -111,65 +152,200 @@ def check_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _read_tsv(path: Path) -> Dataset:
-    header, rows = check_tsv(path)
+def records(text: str, delimiter: str) -> list[tuple[int, list[str]]]:
+    """``text`` parsed by Python's ``csv`` module (RFC 4180 quoting, ``strict``): a field in ``"`` may hold the
+    delimiter, line breaks and doubled ``""``. Blank lines are skipped.
+
+    Returns:
+        ``(line, fields)`` of every record, ``line`` the 1-based line it starts on (only LF ends a line).
+
+    Raises:
+        csv.Error: a malformed quote; its line is ``error.line``.
+    """
+    reader = csv.reader(io.StringIO(text, newline="\n"), delimiter=delimiter, quotechar='"', doublequote=True, strict=True)
+    out, done = [], 0
+    try:
+        for record in reader:
+            start, done = done + 1, reader.line_num
+            if record and record != [""]:
+                out.append((start, record))
+    except csv.Error as error:
+        error.line = done + 1
+        raise
+    return out
+
+
+def read_delimited(path: Path, text: str, delimiter: str) -> tuple[list[str], list[list[str]], list[int]]:
+    """Parse ``text`` with ``records`` and check it: a header, then rows of as many fields.
+
+    Returns:
+        ``(header, rows, lines)``: column names, each row's fields, and the line each row starts on.
+
+    Raises:
+        DataFileError: a malformed quote or another number of fields than the header, with the line.
+    """
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    try:
+        parsed = records(text, delimiter)
+    except csv.Error as error:
+        raise DataFileError(f"{path}, line {error.line}: cannot be read as {kind} with quoting: {error}") from None
+    if not parsed:
+        raise DataFileError(f"{path}: file is empty (expected a header row, e.g. 'text{delimiter}label')")
+    (_, header), rows = parsed[0], parsed[1:]
+    if not rows:
+        raise DataFileError(f"{path}: has a header but no rows")
+    for start, fields in rows:
+        if len(fields) != len(header):
+            separated = "tab-separated" if delimiter == "\t" else "comma-separated"
+            raise DataFileError(f"{path}, line {start}: {len(fields)} {separated} fields, expected {len(header)} {header}")
+    return header, [fields for _, fields in rows], [start for start, _ in rows]
+
+
+def tsv_dialect(path: Path, text: str) -> TsvQuoting:
+    """Which TSV dialect ``text`` is in: ``none`` (GLUE's: ``"`` is text) or ``csv`` (quoted fields).
+
+    ``csv`` when the unquoted reading fails (a quoted field spans lines or holds a tab) but the quoted one
+    does not, or when a field reads differently and shows the quoting (doubled ``""`` inside, or a tab or
+    line break); ``none`` when the quoted reading fails (GLUE's ``" the movie``) or both agree.
+
+    Raises:
+        DataFileError: both readings are valid and differ on a field with nothing that shows the quoting
+            (``"great"``): names the line, both readings, and ``data.tsv_quoting``.
+    """
+    if '"' not in text:
+        return "none"
+    try:
+        quoted = records(text, "\t")
+    except csv.Error:
+        return "none"
+    plain = [line.removesuffix("\r").split("\t") for line in text.split("\n")]
+    differ = [(start, plain[start - 1], fields) for start, fields in quoted if plain[start - 1] != fields]
+    for _, raw, fields in differ:
+        if len(raw) != len(fields) or any('""' in f or "\t" in f or "\n" in f for f in fields + raw):
+            return "csv"
+    if differ:
+        start, raw, fields = differ[0]
+        field, reading = next((r, f) for r, f in zip(raw, fields) if r != f)
+        raise DataFileError(
+            f"{path}, line {start}: the field {field!r} reads as {reading!r} with TSV quoting (pandas, spreadsheets) "
+            f"and as {field!r} without it (GLUE's TSVs): pass --data.tsv_quoting csv or --data.tsv_quoting none")
+    return "none"
+
+
+def _read_tsv(path: Path, quoting: TsvQuoting) -> tuple[dict[str, list], list[int]]:
+    if quoting == "none":
+        header, rows = check_tsv(path)
+        lines = list(range(2, len(rows) + 2))
+    else:
+        data = path.read_bytes()
+        if not data.strip():
+            raise DataFileError(f"{path}: file is empty (expected a header row, e.g. 'sentence<TAB>label')")
+        text = decode(path, data)
+        if quoting == "auto" and tsv_dialect(path, text) == "none":
+            return _read_tsv(path, "none")
+        header, rows, lines = read_delimited(path, text, "\t")
+    return _columns(header, rows), lines
+
+
+def _columns(header: list[str], rows: list[list[str]]) -> dict[str, list]:
     fields = list(zip(*rows))  # column i -> its fields, in row order
-    names = list(dict.fromkeys(header))  # a repeated name: its first column
-    return Dataset.from_dict({name: list(fields[header.index(name)]) for name in names},
-                             features=Features({name: Value("string") for name in names}))
+    return {name: list(fields[header.index(name)]) for name in dict.fromkeys(header)}  # a repeated name: its first column
 
 
-def _read_with_datasets(path: Path, kind: str) -> Dataset:
-    """``datasets``' builder for ``kind``, built in a temporary cache folder and kept in memory."""
+def _read_csv(path: Path) -> tuple[dict[str, list], list[int]]:
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataFileError(f"{path}: file is empty (expected a header row, e.g. 'text,label')")
+    header, rows, lines = read_delimited(path, decode(path, data), ",")
+    return _columns(header, rows), lines
+
+
+def _read_json(path: Path) -> tuple[dict[str, list], list[int]]:
+    """JSON lines (one object per line, blank lines skipped) or a JSON array of objects; missing keys are ``None``."""
+    text = decode(path, path.read_bytes())
+    if not text.strip():
+        raise DataFileError(f"{path}: file is empty (expected one JSON object per line)")
+    objects, lines = [], []
+    decoder = json.JSONDecoder()
+    start = len(text) - len(text.lstrip())
+    if text[start] == "[":  # an array: each object's line from its offset
+        pos = start + 1
+        while True:
+            pos += len(text[pos:]) - len(text[pos:].lstrip(" \t\r\n,"))
+            if pos >= len(text) or text[pos] == "]":
+                break
+            try:
+                value, end = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as error:
+                raise DataFileError(f"{path}, line {error.lineno}: cannot be read as JSON: {error.msg}") from None
+            objects.append(value)
+            lines.append(text.count("\n", 0, pos) + 1)
+            pos = end
+    else:
+        for number, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                objects.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise DataFileError(f"{path}, line {number}: cannot be read as JSON lines: {error.msg}") from None
+            lines.append(number)
+    for value, number in zip(objects, lines):
+        if not isinstance(value, dict):
+            raise DataFileError(f"{path}, line {number}: {type(value).__name__} where a JSON object "
+                                '({"text": ..., "label": ...}) was expected')
+    names = list(dict.fromkeys(k for obj in objects for k in obj))
+    return {name: [obj.get(name) for obj in objects] for name in names}, lines
+
+
+def _read_parquet(path: Path) -> dict[str, list]:
     with tempfile.TemporaryDirectory(prefix="lora_lightning-") as cache_dir:
-        options = {"cache_dir": cache_dir, "keep_in_memory": True}
-        if kind == "csv":
-            with path.open(newline="", encoding="utf-8-sig") as f:
-                header = next(csv.reader(f), None)
-            if not header:
-                raise DataFileError(f"{path}: file is empty (expected a header row, e.g. 'text,label')")
-            # every column a string: pandas would otherwise turn 007 into 7 and NA into a missing value
-            options.update(features=Features({name: Value("string") for name in dict.fromkeys(header)}),
-                           keep_default_na=False, na_filter=False)
-            return Dataset.from_csv(str(path), **options)
-        if kind == "json":
-            return Dataset.from_json(str(path), **options)
-        return Dataset.from_parquet(str(path), **options)
+        try:
+            rows = Dataset.from_parquet(str(path), cache_dir=cache_dir, keep_in_memory=True)
+        except Exception as error:  # pyarrow's errors, by type and version
+            cause = error.__cause__ or error
+            reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            raise DataFileError(f"{path}: cannot be read as PARQUET: {reason}") from None
+    return rows.to_dict()
 
 
-def read_table(path: str | Path, option: str) -> Table:
+def read_table(path: str | Path, option: str, tsv_quoting: TsvQuoting = "auto") -> Table:
     """Read a ``.tsv``, ``.csv``, ``.jsonl``/``.json`` or ``.parquet`` file (see the module's docstring).
 
     Args:
         path: the file.
         option: the option that named it (``data.train_file``, ...), for errors.
+        tsv_quoting: a ``.tsv``'s dialect: ``auto`` (``tsv_dialect``), ``none`` (GLUE's) or ``csv`` (quoted).
 
     Raises:
-        DataFileError: the file is missing, has another extension, cannot be parsed (the reader's
-            reason in one line), or has no rows.
+        DataFileError: the file is missing (naming the folder it was looked for in, when relative), has
+            another extension, cannot be parsed (the line and the reader's reason), or has no rows.
     """
-    path = Path(path).expanduser()
-    kind = FORMATS.get(path.suffix.lower())
+    given = Path(path).expanduser()
+    kind = FORMATS.get(given.suffix.lower())
     if kind is None:
-        raise DataFileError(f"{option}: {path}: unknown file type {path.suffix!r} (expected {', '.join(FORMATS)})")
-    if not path.is_file():
-        raise DataFileError(f"{option}: {path}: file not found")
+        raise DataFileError(f"{option}: {given}: unknown file type {given.suffix!r} (expected {', '.join(FORMATS)})")
+    if not given.is_file():
+        raise DataFileError(not_found(option, given))
+    lines = None
     if kind == "tsv":
-        rows = _read_tsv(path)
+        columns, lines = _read_tsv(given, tsv_quoting)
+    elif kind == "csv":
+        columns, lines = _read_csv(given)
+    elif kind == "json":
+        columns, lines = _read_json(given)
     else:
-        try:
-            rows = _read_with_datasets(path, kind)
-        except DataFileError:
-            raise
-        except UnicodeDecodeError as error:
-            raise DataFileError(f"{path}: not valid UTF-8 ({error.reason})") from None
-        except Exception as error:  # pandas / pyarrow parse errors, by type and version
-            cause = error.__cause__ or error
-            reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-            raise DataFileError(f"{path}: cannot be read as {kind.upper()}: {reason}") from None
-        if len(rows) == 0:
-            raise DataFileError(f"{path}: has no rows")
-    return Table(path, rows, option)
+        columns = _read_parquet(given)
+    table = Table(given, columns, option, lines, text_format=kind in ("tsv", "csv"))
+    if len(table) == 0:
+        raise DataFileError(f"{given}: has no rows")
+    return table
+
+
+def not_found(option: str, path: Path) -> str:
+    """The "file not found" line: the option, the path, and for a relative path the folder it was looked for in."""
+    where = "" if path.is_absolute() else f" (looked for in {Path.cwd()})"
+    return f"{option}: {path}: file not found{where}"
 
 
 def read_lines(path: str | Path, option: str = "data.predict_file") -> Dataset:
@@ -181,7 +357,7 @@ def read_lines(path: str | Path, option: str = "data.predict_file") -> Dataset:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataFileError(f"{option}: {path}: file not found")
+        raise DataFileError(not_found(option, path))
     return Dataset.from_dict({"text": split_lines(path, path.read_bytes())})
 
 
@@ -193,12 +369,12 @@ def check_columns(table: Table, needed: dict[str, str], hint: str | None = None)
     Raises:
         DataFileError: ``path, line 1`` (TSV/CSV) naming the missing columns and listing those that exist.
     """
-    columns = table.rows.column_names
+    columns = table.column_names
     missing = [c for c in needed if c not in columns]
     if missing:
-        where = f"{table.path}, line 1" if table.text_format else str(table.path)
         options = ", ".join(f"{needed[c]}={c!r}" for c in missing)
-        raise DataFileError(f"{where}: missing column(s) {missing} in header {columns}{hint if hint is not None else f' ({options}: name one of these columns)'}")
+        raise DataFileError(f"{table.header_where()}: missing column(s) {missing} in header {columns}"
+                            f"{hint if hint is not None else f' ({options}: name one of these columns)'}")
 
 
 def check_text(table: Table, column: str) -> None:
@@ -207,65 +383,84 @@ def check_text(table: Table, column: str) -> None:
     Raises:
         DataFileError: the first row whose value is not a string (a number, null, a list), with it.
     """
-    values = table.rows[column]
-    if table.rows.features[column] == Value("string") and None not in values:
-        return
-    for i, value in enumerate(values):
+    for i, value in enumerate(table[column]):
         if not isinstance(value, str):
             raise DataFileError(f"{table.where(i)}: column {column!r} holds {value!r} ({type(value).__name__}), "
                                 "expected text")
 
 
-def label_values(table: Table, column: str) -> list[int | str]:
-    """The labels of ``column``, as integers or as strings, one type for the whole column.
+def label_kind(value) -> str | None:
+    """``integer`` (an int, or text of a plain integer: ``7``, ``-3``), ``code`` (digits with a leading zero:
+    ``01``), ``text`` (any other non-empty string), ``None`` for anything else (float, bool, null, list)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "integer"
+    if not isinstance(value, str) or not value.strip():
+        return None
+    value = value.strip()
+    return "integer" if INTEGER.fullmatch(value) else "code" if DIGITS.fullmatch(value) else "text"
 
-    In TSV/CSV every field is text: a column whose every value is an integer (``-3``, `` 1 ``) gives
-    integers, otherwise strings (stripped). JSON and Parquet keep their types: integers or strings.
+
+def label_values(table: Table, column: str) -> list[int | str]:
+    """The labels of ``column``, one type for the whole column, compared across files as text.
+
+    The rule, whatever the format: a column whose every label is a plain integer (a JSON/Parquet integer,
+    or text such as ``7`` or ``-3``) gives integers (``"7"`` and ``7`` are one class); otherwise strings,
+    stripped, exactly as written: ``01`` and ``1`` are two classes, and a column of digit codes such as
+    ``01``, ``02``, ``10`` stays text.
 
     Raises:
-        DataFileError: naming the row and value: an empty or missing label; a column that mixes
-            integers and text; a value that is neither (a float, a boolean, a list).
+        DataFileError: naming the line and value: an empty or missing label; a float, boolean or list;
+            a column that mixes integers (or digit codes) and words, pointing at a row of the rarer kind.
     """
-    values = table.rows[column]
-    if table.text_format:
-        values = [v.strip() for v in values]
-        integers = [bool(INTEGER.fullmatch(v)) for v in values]
-        if all(integers):
-            return [int(v) for v in values]
-        if any(integers):
-            i, j = integers.index(True), integers.index(False)
-            raise DataFileError(f"{table.where(j)}: label {values[j]!r} is text but {table.where(i)} has the integer "
-                                f"label {values[i]!r}: a label column holds integers or text, not both")
-    kinds = set()
+    values = table[column]
+    kinds = []
     for i, value in enumerate(values):
-        if value is None or value == "":
-            raise DataFileError(f"{table.where(i)}: empty label in column {column!r}")
-        kind = int if isinstance(value, int) and not isinstance(value, bool) else str if isinstance(value, str) else None
+        kind = label_kind(value)
         if kind is None:
+            if value is None or isinstance(value, str):
+                raise DataFileError(f"{table.where(i)}: empty label in column {column!r}")
             raise DataFileError(f"{table.where(i)}: label {value!r} ({type(value).__name__}) in column {column!r}: "
                                 "expected an integer or a string")
-        kinds.add(kind)
-        if len(kinds) > 1:
-            raise DataFileError(f"{table.where(i)}: label {value!r} is a{'n integer' if kind is int else ' string'} but "
-                                f"earlier rows of column {column!r} are not: a label column holds integers or text, not both")
-    return list(values)
+        kinds.append(kind)
+    numeric = [k != "text" for k in kinds]
+    if any(numeric) and not all(numeric):
+        odd = numeric.count(True) < numeric.count(False)  # the rarer kind is the row to look at
+        i, j = numeric.index(odd), numeric.index(not odd)
+        what = lambda k: "a number" if k else "a word"  # noqa: E731
+        raise DataFileError(f"{table.where(i)}: label {values[i]!r} is {what(odd)}, but {numeric.count(not odd):,} other "
+                            f"labels of column {column!r} are {'numbers' if not odd else 'words'} (e.g. {table.where(j)}: "
+                            f"{values[j]!r}): a label column holds numbers or words, not both; fix or drop this row")
+    if all(k == "integer" for k in kinds):
+        return [int(v) for v in values]
+    return [str(v).strip() for v in values]
 
 
 def encode_labels(table: Table, values: list[int | str], label2id: dict, known: str) -> list[int]:
-    """``values`` as class ids.
+    """``values`` as class ids, matched by their text (``str(value)``): an integer ``1`` and a string ``"1"``
+    are one class.
 
     Args:
         table: where the values came from (for errors).
         values: ``label_values``' output.
-        label2id: label value -> class id.
+        label2id: label (value or its text) -> class id.
         known: how to say which labels are allowed, e.g. ``"0 or 1"``.
 
     Raises:
-        DataFileError: the first value not in ``label2id``, naming its line/row.
+        DataFileError: the first value not in ``label2id``, naming its line/row, what to do, and, when the
+            file's labels are of another type than ``label2id``'s (text vs integers), that the types differ.
     """
+    by_text = {str(k): v for k, v in label2id.items()}
     ids = []
     for i, value in enumerate(values):
-        if value not in label2id:
-            raise DataFileError(f"{table.where(i)}: label {value!r} is not {known}")
-        ids.append(label2id[value])
+        if str(value) not in by_text:
+            ours = {type(v) for v in values}
+            theirs = {type(k) for k in label2id}
+            types = ""
+            if ours != theirs and len(ours) == len(theirs) == 1:
+                name = {int: "integers", str: "text"}
+                types = (f"; the types differ: these labels are {name[ours.pop()]}, those are "
+                         f"{name[theirs.pop()]} (01 is not 1)")
+            raise DataFileError(f"{table.where(i)}: label {value!r} is not {known}{types}: add rows with it to the "
+                                "train file, or map it to one of those labels (or drop the row)")
+        ids.append(by_text[str(value)])
     return ids

@@ -22,13 +22,20 @@ def make_dm(model_dir, data_dir, **kw) -> SST2DataModule:
     return dm
 
 
-def test_toy_split_sizes_and_seeded(tiny_model_dir, toy_glue_dir):
-    dm = make_dm(tiny_model_dir, toy_glue_dir, val_fraction=0.1, seed=1)
-    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 180, "val": 20, "test": 40, "predict": 10}
+@pytest.mark.parametrize("val_split", ["by_sentence", "random"])
+def test_toy_split_sizes_and_seeded(tiny_model_dir, toy_glue_dir, val_split):
+    """Either split: every train row on one side, at least val_fraction of them in val, the same for the same
+    seed and another for another; the random split is datasets' train_test_split, 180 / 20."""
+    dm = make_dm(tiny_model_dir, toy_glue_dir, val_fraction=0.1, seed=1, val_split=val_split)
+    dm.setup("predict")
+    sizes = {k: len(v) for k, v in dm.datasets.items()}
+    assert sizes["train"] + sizes["val"] == 200 and sizes["val"] >= 20 and (sizes["test"], sizes["predict"]) == (40, 10)
+    if val_split == "random":
+        assert sizes["val"] == 20
     val = dm.datasets["val"]
-    again = make_dm(tiny_model_dir, toy_glue_dir, val_fraction=0.1, seed=1)
+    again = make_dm(tiny_model_dir, toy_glue_dir, val_fraction=0.1, seed=1, val_split=val_split)
     assert again.datasets["val"]["input_ids"] == val["input_ids"]
-    other = make_dm(tiny_model_dir, toy_glue_dir, val_fraction=0.1, seed=2)
+    other = make_dm(tiny_model_dir, toy_glue_dir, val_fraction=0.1, seed=2, val_split=val_split)
     assert other.datasets["val"]["input_ids"] != val["input_ids"]
 
 
@@ -46,8 +53,10 @@ def test_batches_are_padded_per_batch(tiny_model_dir, toy_glue_dir):
 
 
 def test_real_sst2_sizes_and_split(glue_dir, packaged_model):
-    """GLUE train 67,349 -> 60,614 train / 6,735 val; dev 872 is the test stage; test 1,821 is predict."""
-    dm = make_dm(packaged_model, glue_dir)
+    """The seed's random split (data.val_split=random): GLUE train 67,349 -> 60,614 train / 6,735 val, datasets'
+    train_test_split sentence for sentence; dev 872 is the test stage; test 1,821 is predict."""
+    dm = make_dm(packaged_model, glue_dir, val_split="random")
+    dm.setup("predict")
     assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 60_614, "val": 6_735, "test": 872, "predict": 1_821}
     raw = read_split(Path(glue_dir) / "train.tsv", labeled=True)
     split = raw.train_test_split(test_size=0.1, seed=42)
@@ -169,22 +178,28 @@ def test_glue_dir_env_is_the_fallback(tmp_path, monkeypatch, tiny_model_dir):
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"val_fraction": 0.0}, r"data.val_fraction must be in \(0, 1\)"),
-    ({"val_fraction": 1.0}, r"data.val_fraction must be in \(0, 1\)"),
-    ({"max_length": 1}, r"data.max_length must be >= 2"),
+    ({"val_fraction": 0.0}, r"^val_fraction must be in \(0, 1\)"),
+    ({"val_fraction": 1.0}, r"^val_fraction must be in \(0, 1\)"),
+    ({"max_length": 1}, r"^max_length must be >= 2"),
     # siblings of C16: options that would otherwise fail deep inside a run, refused at start
-    ({"num_workers": -1}, r"data.num_workers must be >= 0, got -1"),
-    ({"max_train_samples": 0}, r"data.max_train_samples must be >= 1 \(or null for all\), got 0"),
-    ({"max_eval_samples": -5}, r"data.max_eval_samples must be >= 1 \(or null for all\), got -5"),
-    ({"seed": -1}, r"data.seed must be in \[0, 2\*\*32 - 1\], got -1"),
+    ({"num_workers": -1}, r"^num_workers must be >= 0, got -1"),
+    ({"max_train_samples": 0}, r"^max_train_samples must be >= 1 \(or null for all\), got 0"),
+    ({"max_eval_samples": -5}, r"^max_eval_samples must be >= 1 \(or null for all\), got -5"),
+    ({"seed": -1}, r"^seed must be in \[0, 2\*\*32 - 1\], got -1"),
+    # issue 19: Python values of the wrong type, refused when built, by the argument's name
+    ({"batch_size": 8.5}, r"^batch_size must be an integer, got 8.5 \(float\)"),
+    ({"max_length": "64"}, r"^max_length must be an integer, got '64' \(str\)"),
+    ({"group_by_length": "false"}, r"^group_by_length must be true or false, got 'false' \(str\)"),
 ])
 def test_bad_options(kw, message):
+    """From Python the error names the argument (``val_fraction``); the command line names ``data.val_fraction``
+    (test_cli)."""
     with pytest.raises(ValueError, match=message):
         SST2DataModule(**kw)
 
 
 def test_max_length_above_model_limit(tiny_model_dir, toy_glue_dir):
-    with pytest.raises(ValueError, match=r"data.max_length=1000 exceeds the model's limit of 512"):
+    with pytest.raises(ValueError, match=r"^max_length=1000 exceeds the model's limit of 512"):
         make_dm(tiny_model_dir, toy_glue_dir, max_length=1000)
 
 
@@ -213,7 +228,7 @@ def long_rows_dir(tmp_path_factory) -> str:
 def test_max_length_above_position_table(short_model_dir, long_rows_dir):
     """C16: the limit comes from the model's position table, not the tokenizer's ~1e30 placeholder."""
     assert AutoTokenizer.from_pretrained(short_model_dir).model_max_length > 10**6
-    with pytest.raises(OptionError, match=r"^data.max_length=128 exceeds the model's limit of 64 tokens$"):
+    with pytest.raises(OptionError, match=r"^max_length=128 exceeds the model's limit of 64 tokens$"):
         make_dm(short_model_dir, long_rows_dir)
     dm = make_dm(short_model_dir, long_rows_dir, max_length=64)
     assert max(dm.datasets["train"]["length"]) == 64  # the long rows are truncated to what the model holds
@@ -254,7 +269,7 @@ def test_max_length_above_roberta_limit(short_model_dir, long_rows_dir, tmp_path
         if (Path(short_model_dir) / name).is_file():
             shutil.copy(Path(short_model_dir) / name, tmp_path / name)
     RobertaConfig(vocab_size=26, max_position_embeddings=66, pad_token_id=1).save_pretrained(tmp_path)
-    with pytest.raises(OptionError, match=r"^data.max_length=65 exceeds the model's limit of 64 tokens$"):
+    with pytest.raises(OptionError, match=r"^max_length=65 exceeds the model's limit of 64 tokens$"):
         make_dm(str(tmp_path), long_rows_dir, max_length=65)
     assert max(make_dm(str(tmp_path), long_rows_dir, max_length=64).datasets["train"]["length"]) == 64
 
@@ -273,8 +288,10 @@ def test_val_fraction_leaving_no_train_rows(tmp_path, tiny_model_dir):
     """A sibling of C16: a split that would be empty is an option error naming the option, not a traceback."""
     write_tsv(tmp_path / "train.tsv", "sentence\tlabel", [("fine", 1), ("bad", 0), ("good", 1)])
     write_tsv(tmp_path / "dev.tsv", "sentence\tlabel", [("fine", 1)])
-    with pytest.raises(OptionError, match=r"data.val_fraction=0.9 leaves no train rows of the 3 in .*train.tsv"):
-        make_dm(tiny_model_dir, str(tmp_path), val_fraction=0.9)
+    with pytest.raises(OptionError, match=r"val_fraction=0.9 leaves no train rows of the 3 in .*train.tsv"):
+        make_dm(tiny_model_dir, str(tmp_path), val_fraction=0.9, val_split="random")
+    dm = make_dm(tiny_model_dir, str(tmp_path), val_fraction=0.9)  # by sentence: one sentence always stays in train
+    assert (len(dm.datasets["train"]), len(dm.datasets["val"])) == (1, 2)
 
 
 @pytest.mark.parametrize("inside", ["\r", "\x0b", "\x0c", "\x1c", "\x1e", "\x85", "\u2028"],
@@ -330,7 +347,7 @@ def sst2_as_other_formats(glue_dir, tmp_path_factory):
 @pytest.mark.parametrize("ext", ["csv", "jsonl", "parquet"])
 def test_sst2_in_other_formats_gives_the_same_batches(sst2_as_other_formats, glue_dir, packaged_model, ext):
     """The same split sizes and the same first train / val / test batches as the SST-2 preset's TSV path."""
-    sst2 = make_dm(packaged_model, glue_dir)
+    sst2 = make_dm(packaged_model, glue_dir, val_split="random")  # the own-data module splits single rows too
     own = TextClassificationDataModule(str(sst2_as_other_formats / f"train.{ext}"), test_file=str(sst2_as_other_formats / f"dev.{ext}"),
                                        text_column="sentence", model_name_or_path=packaged_model)
     own.setup("fit")
@@ -349,7 +366,9 @@ def test_three_string_classes_from_three_formats(three_class_dir, tiny_model_dir
                                       model_name_or_path=tiny_model_dir, batch_size=8)
     assert dm.num_labels == 3 and dm.id2label == {0: "complaint", 1: "praise", 2: "rave"}
     dm.setup("fit")
-    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 240, "val": 60, "test": 60, "predict": 6}
+    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 240, "val": 60, "test": 60}  # fit reads no predict file
+    dm.setup("predict")
+    assert len(dm.datasets["predict"]) == 6
     vocab = {w: dm.tokenizer.convert_tokens_to_ids(w) for words in CLASS_WORDS.values() for w in words}
     for row in dm.datasets["val"]:  # each label is the class of the word the text holds
         (word,) = [w for w, i in vocab.items() if i in row["input_ids"]]
@@ -376,24 +395,24 @@ def test_sentence_pairs_get_token_type_ids(tmp_path, tiny_model_dir):
 
 
 def test_column_options_must_differ(tiny_model_dir):
-    with pytest.raises(OptionError, match=r"data.text_column='text', data.text_pair_column='label', data.label_column='label': "
+    with pytest.raises(OptionError, match=r"^text_column='text', text_pair_column='label', label_column='label': "
                                           r"each must name a different column"):
         TextClassificationDataModule("t.csv", text_pair_column="label", model_name_or_path=tiny_model_dir)
 
 
 @pytest.mark.parametrize("files, kw, message", [
     ({"train.csv": "text,label\na,pos\nb,neg\n", "dev.csv": "text,label\nc,pos\nd,meh\n"}, {},
-     r"dev.csv, row 2: label 'meh' is not one of data.train_file's labels \['neg', 'pos'\]"),
+     r"dev.csv, line 3: label 'meh' is not one of train_file's labels \['neg', 'pos'\]: add rows with it"),
     ({"train.csv": "text,label\na,pos\nb,pos\n"}, {},
      r"train.csv: every row has the label 'pos': a classifier needs at least 2 classes"),
     ({"train.csv": "review,label\na,pos\nb,neg\n"}, {},
-     r"train.csv, line 1: missing column\(s\) \['text'\] in header \['review', 'label'\] \(data.text_column='text': name one"),
+     r"train.csv, line 1: missing column\(s\) \['text'\] in header \['review', 'label'\] \(text_column='text': name one"),
     ({"train.csv": "text,label\na,pos\nb,neg\n", "dev.csv": "text,stars\nc,pos\n"}, {},
      r"dev.csv, line 1: missing column\(s\) \['label'\] in header \['text', 'stars'\]"),
     ({"train.jsonl": '{"text": "a", "label": "pos"}\n{"text": ["b"], "label": "neg"}\n'}, {},
-     r"train.jsonl, row 2: column 'text' holds \['b'\] \(list\), expected text"),
+     r"train.jsonl, line 2: column 'text' holds \['b'\] \(list\), expected text"),
     ({"train.csv": "text,other,label\na,x,pos\nb,y,neg\n"}, {"predict_file": "p.txt", "text_pair_column": "other"},
-     r"data.predict_file: .*p.txt: a text file of lines has no second text"),
+     r"^predict_file: .*p.txt: a text file of lines has no second text"),
 ])
 def test_bad_own_data_is_one_line(tmp_path, tiny_model_dir, files, kw, message):
     for name, content in files.items():

@@ -21,33 +21,74 @@ from transformers import AutoConfig, DataCollatorWithPadding
 from lora_lightning.data.limits import model_token_limit
 from lora_lightning.data.samplers import EpochLengthGroupedSampler, SortedLengthBatchSampler
 from lora_lightning.data.splits import duplicate_texts, group_split
-from lora_lightning.errors import DataFileError, LoRALightningWarning, OptionError
+from lora_lightning.errors import DataFileError, LoRALightningWarning, OptionError, option
 from lora_lightning.hub import hub_error, load_tokenizer, resolve_model_path
 from lora_lightning.loaders import ResumableDataLoader, ShardedOrderSampler
 from lora_lightning.tables import (FORMATS, Table, check_columns, check_text, encode_labels, label_values, read_lines,
                                    read_table)
+from lora_lightning.values import as_bool, as_float, as_int, as_str, as_str_list
+
+
+# The data options by kind, for plain_options
+_STRINGS = ("train_file", "validation_file", "test_file", "predict_file", "text_column", "text_pair_column",
+            "label_column", "model_name_or_path", "group_column", "data_dir")
+_INTEGERS = ("batch_size", "eval_batch_size", "max_length", "seed", "max_train_samples", "max_eval_samples", "num_workers")
+
+
+def plain_options(**options) -> list:
+    """The data module's options as plain Python values, in the order given: paths as ``str``, numpy numbers
+    as ``int``/``float``/``bool``, ``labels`` as a list of names (a number as its text).
+
+    Raises:
+        OptionError: a value of the wrong type, naming the option (see ``values``).
+    """
+    out = []
+    for name, value in options.items():
+        if name in _STRINGS:
+            value = as_str("data", name, value)
+        elif name in _INTEGERS:
+            value = as_int("data", name, value)
+        elif name == "val_fraction":
+            value = as_float("data", name, value)
+        elif name in ("group_by_length", "sort_eval_by_length"):
+            value = as_bool("data", name, value)
+        elif name == "labels" and value is not None:
+            value = as_str_list("data", name, [v if isinstance(v, str) else str(getattr(v, "item", lambda: v)())
+                                               for v in (value if isinstance(value, (list, tuple)) else [value])])
+        out.append(value)
+    return out
 
 
 class TextClassificationDataModule(pl.LightningDataModule):
     """Labeled text files for sequence classification: one text (or a pair) and a label per row.
 
     Files are read by ``tables.read_table`` by extension (``.tsv``, ``.csv``, ``.jsonl``/``.json``,
-    ``.parquet``; ``predict_file`` may also be a ``.txt`` of one text per line). Splits:
+    ``.parquet``; ``predict_file`` may also be a ``.txt`` of one text per line). Each stage reads only
+    the files it uses:
 
     - ``fit``: ``train_file``, and ``validation_file``, or, without one, a seeded ``val_fraction``
       split of ``train_file``: by ``group_column`` when given (rows that share its value stay on one
-      side, ``splits.group_split``), else of single rows (``datasets``' ``train_test_split``);
+      side, ``splits.group_split``), else of single rows (``datasets``' ``train_test_split``); also
+      ``test_file`` when given, to warn of texts it shares with train (``splits.duplicate_texts``);
+    - ``validate``: ``validation_file`` (or the split of ``train_file``);
     - ``test``: ``test_file`` (labeled);
     - ``predict``: ``predict_file`` (its labels, if any, are not read).
 
-    Labels are integers or strings (``tables.label_values``). The classes are the train file's
-    distinct labels, sorted (integers by value, strings by code point): class id ``i`` is the
+    Labels are integers or strings (``tables.label_values``; compared as text across files, so a CSV
+    ``0`` and a JSON ``"0"`` are one class, ``01`` and ``1`` are two). The classes are ``labels`` when
+    given (``validate``/``test``/``predict`` with ``--ckpt_path`` take them from the checkpoint), else the
+    train file's distinct labels, sorted (integers by value, strings by code point): class id ``i`` is the
     ``i``-th. ``num_labels`` and ``id2label`` (names: the labels as text) reach the model through
-    LightningCLI's argument linking, are saved with its checkpoint and written into its exports.
-    A validation or test label that the train file does not have is refused.
+    LightningCLI's argument linking (from Python: pass them to ``LoRAClassifier``, which checks them at
+    fit start), are saved with its checkpoint and written into its exports. A validation or test label
+    outside the classes is refused.
+
+    Every stage says in one warning how many rows ``max_length`` cuts, with the median and 95th
+    percentile of the rows' lengths in tokens.
 
     Args:
-        train_file: labeled training rows (required).
+        train_file: labeled training rows (needed by ``fit``, and by ``validate`` without a
+            ``validation_file``).
         validation_file: labeled validation rows; ``None``: ``val_fraction`` of ``train_file``.
         test_file: labeled rows for ``test``.
         predict_file: rows (or ``.txt`` lines) for ``predict``.
@@ -55,6 +96,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         text_pair_column: a second text column for sentence pairs (NLI, paraphrase): tokenised as
             ``[CLS] text [SEP] pair [SEP]``, ``token_type_ids`` 1 on the second segment.
         label_column: the column with the label.
+        labels: the classes' names in class-id order; ``None``: the train file's labels, sorted.
         model_name_or_path: the model whose fast tokenizer is used (linked to the model's by the CLI).
         batch_size: training rows per optimizer step.
         eval_batch_size: rows per validation/test/predict batch.
@@ -63,7 +105,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
             ``validation_file``, in (0, 1).
         group_column: a column whose rows with one value stay together on one side of that val split
             (a review id, a user, a source document): the val split then holds no text whose source
-            is in train. ``None``: rows are held out one by one. Values are compared as read.
+            is in train. ``None``: rows are held out one by one. Values are compared as text; a row
+            without one is a group of its own.
+        tsv_quoting: how ``.tsv`` files are quoted: ``auto`` (the one reading the file allows; asks for
+            this option where both do and differ), ``none`` (GLUE's: a ``"`` is text) or ``csv`` (pandas,
+            Python's excel-tab and spreadsheets: a field in ``"`` may hold tabs and line breaks).
         seed: seed of the train/val split and of the length-grouped shuffle.
         group_by_length: batch training rows of similar length (less padding).
         length_grouping: how (with ``group_by_length``): ``sorted``, batches of (nearly) one length
@@ -71,42 +117,47 @@ class TextClassificationDataModule(pl.LightningDataModule):
             or ``megabatch``, transformers' grouping (``EpochLengthGroupedSampler``: sorted within
             mega-batches of 50 batches; ~1.09x).
         sort_eval_by_length: run val/test/predict batches sorted by length (predictions are
-            written back in input order).
+            written back in input order). With ``trainer.limit_val_batches`` / ``limit_test_batches``
+            below the whole set, the batches scored are the first rows in file order, sorted inside.
         max_train_samples: use only the first N rows of the train split (for quick runs), N >= 1.
         max_eval_samples: use only the first N rows of the val and test splits, N >= 1.
         num_workers: DataLoader worker processes (0: in the main process).
 
     Every option is checked before the first training step, so none fails deep inside a run:
-    the ones that need no model or data when the module is built, the rest in ``setup``.
+    the ones that need no model or data when the module is built, the rest in ``setup``. Paths may be
+    ``str`` or ``pathlib.Path``, numbers Python's or numpy's: they are kept as plain values.
 
     Raises:
         OptionError: when built: ``val_fraction`` outside (0, 1), ``max_length`` < 2,
             ``batch_size`` or ``eval_batch_size`` < 1, ``max_train_samples`` or
             ``max_eval_samples`` < 1, ``num_workers`` < 0, ``seed`` outside [0, 2**32 - 1], two
-            column options naming the same column. In ``setup``: see there.
+            column options naming the same column, a value of the wrong type. In ``setup``: see there.
         DataFileError: in ``setup`` (and when ``num_labels``/``id2label`` are first read): see
-            ``tables``; a train file with a single class.
+            ``tables``; a train file with a single class; a stage's file not given.
     """
 
     _no_predict_rows = "predict needs rows to predict: pass --data.predict_file (a .txt of lines, or a table)"
     LABELS: tuple | None = None  # a preset's fixed label values, in class-id order (None: the train file's)
     LABEL_NAMES: tuple | None = None  # their names (None: the values as text)
+    FILE_OPTIONS = {"train": "train_file", "val": "validation_file", "test": "test_file", "predict": "predict_file"}
 
     def __init__(
         self,
-        train_file: str,
+        train_file: str | None = None,
         validation_file: str | None = None,
         test_file: str | None = None,
         predict_file: str | None = None,
         text_column: str = "text",
         text_pair_column: str | None = None,
         label_column: str = "label",
+        labels: list[str] | None = None,
         model_name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2",
         batch_size: int = 32,
         eval_batch_size: int = 128,
         max_length: int = 128,
         val_fraction: float = 0.1,
         group_column: str | None = None,
+        tsv_quoting: Literal["auto", "none", "csv"] = "auto",
         seed: int = 42,
         group_by_length: bool = True,
         length_grouping: Literal["sorted", "megabatch"] = "sorted",
@@ -116,24 +167,37 @@ class TextClassificationDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        # plain values (a Path, a numpy number): what save_hyperparameters stores must load with weights_only
+        (train_file, validation_file, test_file, predict_file, text_column, text_pair_column, label_column, labels,
+         model_name_or_path, batch_size, eval_batch_size, max_length, val_fraction, group_column, seed, group_by_length,
+         sort_eval_by_length, max_train_samples, max_eval_samples, num_workers) = plain_options(
+            train_file=train_file, validation_file=validation_file, test_file=test_file, predict_file=predict_file,
+            text_column=text_column, text_pair_column=text_pair_column, label_column=label_column, labels=labels,
+            model_name_or_path=model_name_or_path, batch_size=batch_size, eval_batch_size=eval_batch_size,
+            max_length=max_length, val_fraction=val_fraction, group_column=group_column, seed=seed,
+            group_by_length=group_by_length, sort_eval_by_length=sort_eval_by_length,
+            max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, num_workers=num_workers)
         if not 0 < val_fraction < 1:
-            raise OptionError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+            raise OptionError(f"{option('data', 'val_fraction')} must be in (0, 1), got {val_fraction}")
         if max_length < 2:
-            raise OptionError(f"data.max_length must be >= 2 tokens, got {max_length}")
+            raise OptionError(f"{option('data', 'max_length')} must be >= 2 tokens, got {max_length}")
         if batch_size < 1 or eval_batch_size < 1:
-            raise OptionError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}")
+            raise OptionError(f"{option('data', 'batch_size')} and {option('data', 'eval_batch_size')} must be >= 1, "
+                              f"got {batch_size}, {eval_batch_size}")
         for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
             if value is not None and value < 1:  # 0 would leave an empty loader: no val_acc for the checkpoint
-                raise OptionError(f"data.{name} must be >= 1 (or null for all), got {value}")
+                raise OptionError(f"{option('data', name)} must be >= 1 (or null for all), got {value}")
         if num_workers < 0:
-            raise OptionError(f"data.num_workers must be >= 0, got {num_workers}")
+            raise OptionError(f"{option('data', 'num_workers')} must be >= 0, got {num_workers}")
         if not 0 <= seed < 2**32:  # numpy's split refuses negative seeds; Lightning's seeds are uint32 too
-            raise OptionError(f"data.seed must be in [0, 2**32 - 1], got {seed}")
-        columns = {"data.text_column": text_column, "data.text_pair_column": text_pair_column,
-                   "data.label_column": label_column, "data.group_column": group_column}
-        given = [(k, v) for k, v in columns.items() if v is not None]
-        if len({v for _, v in given}) < len(given):
-            raise OptionError(f"{', '.join(f'{k}={v!r}' for k, v in given)}: each must name a different column")
+            raise OptionError(f"{option('data', 'seed')} must be in [0, 2**32 - 1], got {seed}")
+        if labels is not None and (len(labels) < 2 or len(set(labels)) < len(labels)):
+            raise OptionError(f"{option('data', 'labels')} must name at least 2 classes, each once, got {labels}")
+        columns = {n: v for n, v in (("text_column", text_column), ("text_pair_column", text_pair_column),
+                                     ("label_column", label_column), ("group_column", group_column)) if v is not None}
+        if len(set(columns.values())) < len(columns):
+            named = ", ".join(f"{option('data', k)}={v!r}" for k, v in columns.items())
+            raise OptionError(f"{named}: each must name a different column")
         self.files = {"train": train_file, "val": validation_file, "test": test_file, "predict": predict_file}
         self.text_columns = [text_column] + ([text_pair_column] if text_pair_column else [])
         self.label_column = label_column
@@ -145,28 +209,40 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self._train_table: Table | None = None
         self._label_values: list | None = None
 
-    # --- labels: read from the train file once, linked to the model by the CLI -------------------
+    # --- labels: given, or read from the train file once; linked to the model by the CLI ----------
+    def _read(self, split: str) -> Table:
+        """The table of ``split``'s file (``train``/``val``/``test``/``predict``), read as ``tsv_quoting`` says."""
+        name = self.FILE_OPTIONS[split]
+        return read_table(self.files[split], option("data", name), self.hparams.get("tsv_quoting", "auto"))
+
     def _train(self) -> Table:
         if self._train_table is None:
-            self._train_table = read_table(self.files["train"], "data.train_file")
+            if self.files["train"] is None:
+                raise DataFileError(f"{option('data', 'train_file')} is not set: fit (and the val split) read the labeled "
+                                    "rows from it")
+            self._train_table = self._read("train")
         return self._train_table
 
     @property
     def label_values(self) -> list[int | str]:
-        """The label values in class-id order: ``LABELS``, or the train file's distinct labels, sorted.
+        """The classes in class-id order: ``LABELS`` (a preset's), ``labels``, or the train file's distinct
+        labels, sorted (integers by value, text by code point).
 
         Raises:
-            DataFileError: see ``tables``; a train file whose rows all have one label.
+            DataFileError: see ``tables``; a train file whose rows all have one label; no ``labels`` and
+                no ``train_file``.
         """
         if self.LABELS is not None:
             return list(self.LABELS)
+        if self.hparams.get("labels") is not None:
+            return list(self.hparams.labels)
         if self._label_values is None:
             table = self._train()
-            check_columns(table, {self.label_column: "data.label_column"})
+            check_columns(table, {self.label_column: option("data", "label_column")})
             values = sorted(set(label_values(table, self.label_column)))
             if len(values) < 2:
                 raise DataFileError(f"{table.path}: every row has the label {values[0]!r}: a classifier needs at "
-                                    f"least 2 classes in data.train_file (column {self.label_column!r})")
+                                    f"least 2 classes in {option('data', 'train_file')} (column {self.label_column!r})")
             self._label_values = values
         return self._label_values
 
@@ -185,60 +261,70 @@ class TextClassificationDataModule(pl.LightningDataModule):
     def _labeled(self, table: Table, group: bool = False) -> Dataset:
         """``table``'s text column(s) and its labels as class ids (``label``, int64), checked; with
         ``group``, also ``group_column``'s values as ``group`` (text; a missing value: its own group)."""
-        needed = {c: o for c, o in zip(self.text_columns, ("data.text_column", "data.text_pair_column"))}
+        needed = {c: option("data", o) for c, o in zip(self.text_columns, ("text_column", "text_pair_column"))}
         if group:
-            needed[self.group_column] = "data.group_column"
-        check_columns(table, {**needed, self.label_column: "data.label_column"})
+            needed[self.group_column] = option("data", "group_column")
+        check_columns(table, {**needed, self.label_column: option("data", "label_column")})
         for column in self.text_columns:
             check_text(table, column)
         values = label_values(table, self.label_column)
         label2id = {v: i for i, v in enumerate(self.label_values)}
-        known = f"one of data.train_file's labels {self.label_values}"
-        ids = encode_labels(table, values, label2id, known)
-        texts = table.rows.select_columns(self.text_columns)
+        source = "the classes" if self.hparams.get("labels") is not None else f"{option('data', 'train_file')}'s labels"
+        ids = encode_labels(table, values, label2id, f"one of {source} {self.label_values}")
+        texts = table.dataset(self.text_columns)
         if group:
-            groups = [f"\0row {i}" if v is None else str(v) for i, v in enumerate(table.rows[self.group_column])]
+            groups = [f"\0row {i}" if v is None else str(v) for i, v in enumerate(table[self.group_column])]
             texts = texts.add_column("group", groups)
         return texts.add_column("label", ids).cast_column("label", Value("int64"))
 
-    def _unlabeled(self, path: str) -> Dataset:
+    def _unlabeled(self) -> Dataset:
         """``predict_file``'s text column(s): a table by extension, else one text per line."""
+        path = self.files["predict"]
         if Path(path).suffix.lower() not in FORMATS:
-            lines = read_lines(path)
+            lines = read_lines(path, option("data", "predict_file"))
             if self.text_pair_column is not None:
-                raise OptionError(f"data.predict_file: {path}: a text file of lines has no second text for "
-                                  f"data.text_pair_column={self.text_pair_column!r}: use a .tsv/.csv/.jsonl/.parquet file")
+                raise OptionError(f"{option('data', 'predict_file')}: {path}: a text file of lines has no second text for "
+                                  f"{option('data', 'text_pair_column')}={self.text_pair_column!r}: use a "
+                                  ".tsv/.csv/.jsonl/.parquet file")
             return lines.rename_column("text", self.text_columns[0]) if self.text_columns[0] != "text" else lines
-        table = read_table(path, "data.predict_file")
-        needed = {c: o for c, o in zip(self.text_columns, ("data.text_column", "data.text_pair_column"))}
-        check_columns(table, needed)
+        table = self._read("predict")
+        check_columns(table, {c: option("data", o) for c, o in zip(self.text_columns, ("text_column", "text_pair_column"))})
         for column in self.text_columns:
             check_text(table, column)
-        return table.rows.select_columns(self.text_columns)
+        return table.dataset(self.text_columns)
 
     @property
     def text_pair_column(self) -> str | None:
         return self.text_columns[1] if len(self.text_columns) > 1 else None
 
-    def load_raw(self) -> dict[str, Dataset]:
-        """The splits that have files: ``train`` (and ``val``, ``test``), each with the text column(s)
-        and ``label`` (class ids); ``predict`` is read in ``setup``."""
-        raw = {"train": self._labeled(self._train(), group=self.group_column is not None)}
-        for split, option in (("val", "data.validation_file"), ("test", "data.test_file")):
-            if self.files[split] is not None:
-                raw[split] = self._labeled(read_table(self.files[split], option))
+    def load_raw(self, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Dataset]:
+        """The labeled splits of ``splits`` that have a file, each with the text column(s) and ``label``
+        (class ids): ``train`` (always: fit needs it), ``val``, ``test``."""
+        raw = {}
+        for split in splits:
+            if split == "train":
+                raw["train"] = self._labeled(self._train(), group=self.group_column is not None)
+            elif self.files[split] is not None:
+                raw[split] = self._labeled(self._read(split))
         return raw
+
+    def read_predict(self) -> Dataset | None:
+        """The ``predict`` rows (``predict_file``), or ``None`` without one."""
+        return self._unlabeled() if self.files["predict"] is not None else None
 
     def _train_source(self) -> str:
         return str(self._train().path)
 
     def prepare_data(self) -> None:
-        """Download / cache the raw data and the tokenizer once (no state is set)."""
-        self.load_raw()
+        """Download / cache what the data needs once (no state is set): the tokenizer (the files are local)."""
         load_tokenizer(self.hparams.model_name_or_path)
 
+    # what each stage reads, by split
+    STAGE_SPLITS = {"fit": ("train", "val", "test"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+
     def setup(self, stage: str | None = None) -> None:
-        """Load, split and tokenise; assigns ``self.datasets[name]`` for ``train``/``val``/``test``/``predict``.
+        """Read, split and tokenise what ``stage`` uses (``STAGE_SPLITS``; the splits already set up are
+        kept); assigns ``self.datasets[name]`` for ``train``/``val``/``test``/``predict``.
 
         Lightning calls it before the first step of any stage, so the options that need the model
         or the data are refused here, at start.
@@ -246,33 +332,43 @@ class TextClassificationDataModule(pl.LightningDataModule):
         Raises:
             OptionError: ``max_length`` above ``model_token_limit``; a tokenizer with more tokens
                 than the model's embedding table has rows; ``val_fraction`` leaving no train rows.
-            DataFileError: see ``tables``.
+            DataFileError: see ``tables``; ``train_file`` not set where the stage needs it.
             ModelNotFoundError: the model's tokenizer or config cannot be loaded.
         """
-        if self.datasets:
+        stage = stage or "fit"
+        wanted = [s for s in self.STAGE_SPLITS.get(stage, ("train", "val", "test")) if s not in self.datasets]
+        if not wanted:
             return
         hp = self.hparams
-        self.tokenizer = load_tokenizer(hp.model_name_or_path)
-        self._check_model_fits()
-        parts = self.load_raw()
-        if "val" not in parts:
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(hp.model_name_or_path)
+            self._check_model_fits()
+        labeled = [s for s in wanted if s != "predict"]
+        if "val" in labeled and self.files["val"] is None and "train" not in labeled:
+            labeled.insert(0, "train")  # the val split is cut from the train file
+        parts = self.load_raw(tuple(labeled)) if labeled else {}
+        if "val" in wanted and "val" not in parts:
             parts["train"], parts["val"] = self.split_val(parts["train"])
-        self._warn_duplicates(parts)
-        if self.files["predict"] is not None:
-            parts["predict"] = self._unlabeled(self.files["predict"])
-        if "predict" in parts:
-            self.predict_raw = parts["predict"]
-            self._warn_truncation(parts["predict"])
-        if hp.max_train_samples is not None:
+        if stage == "fit":
+            self._warn_duplicates(parts)
+        else:
+            parts.pop("train", None)
+        if "predict" in wanted:
+            predict = self.read_predict()
+            if predict is not None:
+                parts["predict"] = self.predict_raw = predict
+        if hp.max_train_samples is not None and "train" in parts:
             parts["train"] = parts["train"].select(range(min(hp.max_train_samples, len(parts["train"]))))
-        if hp.max_eval_samples is not None:
-            evals = [k for k in ("val", "test") if k in parts]
+        evals = [k for k in ("val", "test") if k in parts]
+        if hp.max_eval_samples is not None and evals:
             sizes = {k: len(parts[k]) for k in evals}
             for k in evals:
                 parts[k] = parts[k].select(range(min(hp.max_eval_samples, len(parts[k]))))
-            rank_zero_info(f"data.max_eval_samples={hp.max_eval_samples}: " +
+            rank_zero_info(f"{option('data', 'max_eval_samples')}={hp.max_eval_samples}: " +
                            ", ".join(f"{k} uses {len(parts[k]):,} of {sizes[k]:,} rows" for k in evals))
-        self.datasets = {k: self._tokenize(ds) for k, ds in parts.items()}
+        tokenized = {k: self._tokenize(ds) for k, ds in parts.items()}
+        self._warn_truncation(tokenized)
+        self.datasets.update(tokenized)
 
     def split_val(self, train: Dataset) -> tuple[Dataset, Dataset]:
         """Hold out ``val_fraction`` of the train rows as val (there is no ``validation_file``), seeded by
@@ -289,16 +385,17 @@ class TextClassificationDataModule(pl.LightningDataModule):
             try:
                 split = train.train_test_split(test_size=hp.val_fraction, seed=hp.seed)
             except ValueError:  # datasets: "the resulting train set will be empty"
-                raise OptionError(f"data.val_fraction={hp.val_fraction} leaves no train rows of the "
+                raise OptionError(f"{option('data', 'val_fraction')}={hp.val_fraction} leaves no train rows of the "
                                   f"{len(train)} in {self._train_source()}") from None
             return split["train"], split["test"]
         groups = train["group"]
         try:
             keep, held = group_split(groups, hp.val_fraction, hp.seed)
         except ValueError as error:
-            raise OptionError(f"data.group_column={self.group_column!r}: {self._train_source()} has {error}") from None
-        rank_zero_info(f"val split by data.group_column={self.group_column!r} (seed {hp.seed}): train {len(keep):,} rows "
-                       f"of {len({groups[i] for i in keep}):,} groups, val {len(held):,} rows of "
+            raise OptionError(f"{option('data', 'group_column')}={self.group_column!r}: {self._train_source()} "
+                              f"has {error}") from None
+        rank_zero_info(f"val split by {option('data', 'group_column')}={self.group_column!r} (seed {hp.seed}): train "
+                       f"{len(keep):,} rows of {len({groups[i] for i in keep}):,} groups, val {len(held):,} rows of "
                        f"{len({groups[i] for i in held}):,} groups, none in both")
         return train.select(keep), train.select(held)
 
@@ -313,13 +410,15 @@ class TextClassificationDataModule(pl.LightningDataModule):
             return ["\t".join(row) for row in zip(*(ds[c] for c in self.text_columns))]
 
         train = texts(parts["train"])
-        names = {"val": "validation_file" if self.files["val"] else "val split", "test": "test_file"}
+        names = {"val": option("data", "validation_file") if self.files["val"] else "the val split",
+                 "test": option("data", "test_file")}
         for split in self.duplicate_checked:
             if split not in parts:
                 continue
             count, examples = duplicate_texts(train, texts(parts[split]))
             if count:
-                hint = " or data.group_column to keep a source's rows together" if split == "val" and not self.files["val"] else ""
+                hint = (f" or set {option('data', 'group_column')} to keep a source's rows together"
+                        if split == "val" and not self.files["val"] else "")
                 rank_zero_warn(f"{count:,} of {len(parts[split]):,} {split} rows ({names[split]}) have a text that is also "
                                f"in train (case and spacing ignored), e.g. {examples}: their {split} score is memory, "
                                f"not generalisation; remove them{hint}", category=LoRALightningWarning)
@@ -342,20 +441,26 @@ class TextClassificationDataModule(pl.LightningDataModule):
             raise hub_error(name, error) from None
         limit = model_token_limit(config, tokenizer)
         if limit is not None and self.hparams.max_length > limit:
-            raise OptionError(f"data.max_length={self.hparams.max_length} exceeds the model's limit of {limit} tokens")
+            raise OptionError(f"{option('data', 'max_length')}={self.hparams.max_length} exceeds the model's limit of "
+                              f"{limit} tokens")
         vocab_size = getattr(config, "vocab_size", None)
         if isinstance(vocab_size, int) and len(tokenizer) > vocab_size:
-            raise OptionError(f"model.model_name_or_path={name!r}: its tokenizer has {len(tokenizer)} tokens but the "
-                              f"model's embedding table has {vocab_size} rows (a tokenizer from another model?)")
+            raise OptionError(f"{option('model', 'model_name_or_path')}={name!r}: its tokenizer has {len(tokenizer)} "
+                              f"tokens but the model's embedding table has {vocab_size} rows (a tokenizer from another model?)")
 
-    def _warn_truncation(self, ds: Dataset) -> None:
-        # verbose=False: no "longer than the specified maximum ... indexing errors" when we do truncate
-        texts = [list(ds[c]) for c in self.text_columns]
-        lengths = [len(ids) for ids in self.tokenizer(*texts, verbose=False)["input_ids"]]
-        n = sum(length > self.hparams.max_length for length in lengths)
-        if n:
-            rank_zero_warn(f"{n} of {len(lengths)} predict rows are longer than max_length="
-                           f"{self.hparams.max_length} tokens and are truncated", category=LoRALightningWarning)
+    def _warn_truncation(self, parts: dict[str, Dataset]) -> None:
+        """One warning when ``max_length`` cuts rows of the splits just tokenised: how many per split, and the
+        median and 95th percentile of the rows' lengths in tokens (before the cut)."""
+        max_length = self.hparams.max_length
+        cut = {k: sum(n > max_length for n in ds["full_length"]) for k, ds in parts.items()}
+        if not any(cut.values()):
+            return
+        lengths = sorted(n for ds in parts.values() for n in ds["full_length"])
+        median, p95 = lengths[len(lengths) // 2], lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))]
+        counts = ", ".join(f"{c:,} of {len(parts[k]):,} {k} rows ({c / len(parts[k]):.0%})" for k, c in cut.items() if c)
+        rank_zero_warn(f"{option('data', 'max_length')}={max_length} tokens cuts {counts}; tokens per row: median {median}, "
+                       f"95th percentile {p95}: a larger max_length keeps more of each text (attention costs grow with "
+                       f"its square)", category=LoRALightningWarning)
 
     def predict_rows(self) -> Dataset:
         """The raw ``predict`` rows (the text column(s), and ``index`` for GLUE's test.tsv), in input order."""
@@ -365,14 +470,18 @@ class TextClassificationDataModule(pl.LightningDataModule):
         tok, max_length, columns = self.tokenizer, self.hparams.max_length, self.text_columns
 
         def encode(batch):  # a pair: [CLS] text [SEP] pair [SEP], token_type_ids 1 on the pair
-            enc = tok(*(batch[c] for c in columns), truncation=True, max_length=max_length)
+            texts = [batch[c] for c in columns]
+            # verbose=False: no "longer than the specified maximum ... indexing errors": we truncate below
+            full = [len(ids) for ids in tok(*texts, verbose=False)["input_ids"]]
+            enc = tok(*texts, truncation=True, max_length=max_length)
             enc["length"] = [len(ids) for ids in enc["input_ids"]]
+            enc["full_length"] = full
             return enc
 
         ds = ds.map(encode, batched=True, desc="Tokenizing")
         if "label" in ds.column_names:
             ds = ds.rename_column("label", "labels")
-        model_inputs = ("input_ids", "token_type_ids", "attention_mask", "labels", "length")
+        model_inputs = ("input_ids", "token_type_ids", "attention_mask", "labels", "length", "full_length")
         return ds.remove_columns([c for c in ds.column_names if c not in model_inputs])
 
     def _world(self) -> tuple[int, int]:
@@ -396,7 +505,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         ds = self.datasets[name]
         hp = self.hparams
         collate = DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
-        features = ds.remove_columns("length")
+        features = ds.remove_columns(["length", "full_length"])
         world_size, rank = self._world()
         if not train:
             # Longest first, similar lengths together: less padding. Metrics don't depend on order;

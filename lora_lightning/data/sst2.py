@@ -18,7 +18,7 @@ from typing import Literal
 from datasets import Dataset, Features, Value, load_dataset
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from lora_lightning.data.base import TextClassificationDataModule
+from lora_lightning.data.base import TextClassificationDataModule, plain_options
 from lora_lightning.data.splits import group_split, phrase_groups, phrase_overlap
 from lora_lightning.errors import DataFileError, LoRALightningWarning, OptionError
 from lora_lightning.tables import check_columns, encode_labels, read_table
@@ -64,16 +64,16 @@ def read_split(path: Path, labeled: bool) -> Dataset:
         DataFileError: see ``tables.check_tsv``; a missing ``sentence``/``label`` column (line 1),
             a label that is not 0 or 1 (its line).
     """
-    table = read_table(path, "data.data_dir")
+    table = read_table(path, "data.data_dir", tsv_quoting="none")  # GLUE's files: no quoting, a " is text
     need = ["sentence", "label"] if labeled else ["sentence"]
     hint = " (GLUE's test.tsv has no labels: use `predict` for it; `test` uses the labeled dev.tsv)" \
-        if labeled and "label" not in table.rows.column_names and "sentence" in table.rows.column_names else ""
+        if labeled and "label" not in table.column_names and "sentence" in table.column_names else ""
     check_columns(table, {c: f"data.{c}" for c in need}, hint=hint)
     if not labeled:
-        keep = ["sentence"] + (["index"] if "index" in table.rows.column_names else [])
-        return table.rows.select_columns(keep)
-    ids = encode_labels(table, [v.strip() for v in table.rows["label"]], {"0": 0, "1": 1}, "0 or 1")
-    return Dataset.from_dict({"sentence": table.rows["sentence"], "label": ids},
+        keep = ["sentence"] + (["index"] if "index" in table.column_names else [])
+        return table.dataset(keep)
+    ids = encode_labels(table, [v.strip() for v in table["label"]], {"0": 0, "1": 1}, "0 or 1")
+    return Dataset.from_dict({"sentence": table["sentence"], "label": ids},
                              features=Features({"sentence": Value("string"), "label": Value("int64")}))
 
 
@@ -141,6 +141,13 @@ class SST2DataModule(TextClassificationDataModule):
         predict_file: str | None = None,
         num_workers: int = 0,
     ) -> None:
+        (model_name_or_path, data_dir, batch_size, eval_batch_size, max_length, val_fraction, seed, group_by_length,
+         sort_eval_by_length, max_train_samples, max_eval_samples, predict_file, num_workers) = plain_options(
+            model_name_or_path=model_name_or_path, data_dir=data_dir, batch_size=batch_size,
+            eval_batch_size=eval_batch_size, max_length=max_length, val_fraction=val_fraction, seed=seed,
+            group_by_length=group_by_length, sort_eval_by_length=sort_eval_by_length,
+            max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, predict_file=predict_file,
+            num_workers=num_workers)
         super().__init__(
             train_file=None, predict_file=predict_file, text_column="sentence", label_column="label",
             model_name_or_path=model_name_or_path, batch_size=batch_size, eval_batch_size=eval_batch_size,
@@ -151,7 +158,7 @@ class SST2DataModule(TextClassificationDataModule):
             max_eval_samples=max_eval_samples, num_workers=num_workers)
         # this preset's options only: the base class's file and column options are data_dir's and SST-2's
         self.save_hyperparameters(ignore=["train_file", "validation_file", "test_file", "text_column",
-                                          "text_pair_column", "label_column", "group_column"])
+                                          "text_pair_column", "label_column", "group_column", "labels", "tsv_quoting"])
 
     duplicate_checked = ("test",)  # val: split_val counts every val phrase inside a train phrase, duplicates included
 
@@ -180,24 +187,41 @@ class SST2DataModule(TextClassificationDataModule):
                        f"{shared:,} found in several; val phrases inside a train phrase: {overlap:.1%}")
         return train, val
 
-    def load_raw(self) -> dict[str, Dataset]:
-        """GLUE's SST-2 as ``train``, ``test`` (GLUE dev) and, when there is one, ``predict`` (GLUE test)."""
+    def _hub(self) -> dict[str, Dataset]:
+        """GLUE's SST-2 from the Hub (``datasets``' cache) as ``train``, ``test`` (GLUE dev), ``predict`` (GLUE test)."""
+        try:
+            raw = load_dataset(*HUB_DATASET)  # columns sentence, label, idx; the test labels are all -1
+        except Exception as error:  # offline, no access: datasets raises ConnectionError, FileNotFoundError, ...
+            raise DataFileError(
+                f"SST-2: no data.data_dir and no GLUE_DIR, and the Hub's {HUB_DATASET[0]} ({HUB_DATASET[1]}) "
+                f"could not be loaded ({type(error).__name__}). Set GLUE_DIR to the folder holding SST-2/ "
+                f"(e.g. export GLUE_DIR=../shared/data/glue) or pass --data.data_dir"
+            ) from None
+        return {"train": raw["train"].remove_columns("idx"), "test": raw["validation"].remove_columns("idx"),
+                "predict": raw["test"].remove_columns("label").rename_column("idx", "index")}
+
+    def prepare_data(self) -> None:
+        """Download / cache SST-2 (when it comes from the Hub) and the tokenizer once (no state is set)."""
+        if find_data_dir(self.hparams.data_dir) is None:
+            self._hub()
+        super().prepare_data()
+
+    def load_raw(self, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Dataset]:
+        """Of ``splits``, GLUE's SST-2 ``train`` and ``test`` (GLUE dev); ``val`` is cut from train."""
         path = find_data_dir(self.hparams.data_dir)
         if path is None:
-            try:
-                raw = load_dataset(*HUB_DATASET)  # columns sentence, label, idx; the test labels are all -1
-            except Exception as error:  # offline, no access: datasets raises ConnectionError, FileNotFoundError, ...
-                raise DataFileError(
-                    f"SST-2: no data.data_dir and no GLUE_DIR, and the Hub's {HUB_DATASET[0]} ({HUB_DATASET[1]}) "
-                    f"could not be loaded ({type(error).__name__}). Set GLUE_DIR to the folder holding SST-2/ "
-                    f"(e.g. export GLUE_DIR=../shared/data/glue) or pass --data.data_dir"
-                ) from None
-            return {"train": raw["train"].remove_columns("idx"), "test": raw["validation"].remove_columns("idx"),
-                    "predict": raw["test"].remove_columns("label").rename_column("idx", "index")}
-        splits = {"train": read_split(path / FILES["train"], True), "test": read_split(path / FILES["validation"], True)}
-        if (path / FILES["test"]).is_file():
-            splits["predict"] = read_split(path / FILES["test"], False)
-        return splits
+            return {k: v for k, v in self._hub().items() if k in splits}
+        names = {"train": FILES["train"], "test": FILES["validation"]}
+        return {split: read_split(path / names[split], True) for split in splits if split in names}
+
+    def read_predict(self) -> Dataset | None:
+        """``predict_file`` when given, else GLUE's test set (``test.tsv``; ``None`` when the folder has none)."""
+        if self.files["predict"] is not None:
+            return super().read_predict()
+        path = find_data_dir(self.hparams.data_dir)
+        if path is None:
+            return self._hub()["predict"]
+        return read_split(path / FILES["test"], False) if (path / FILES["test"]).is_file() else None
 
     def _train_source(self) -> str:
         path = find_data_dir(self.hparams.data_dir)
