@@ -158,9 +158,39 @@ def check_lora_outside(lora_modules: list[str], full_modules: list[str], target_
 FIRST_TOKEN_HEADS = ("bert", "roberta")
 
 
-def last_layer_first_token_only(model: nn.Module) -> bool:
-    """Run the last encoder layer past its self-attention for the first token only, when the head
-    reads nothing else (``FIRST_TOKEN_HEADS``); returns whether it did.
+class FirstTokenOnly:
+    """A context manager that, while entered, runs the last encoder layer past its self-attention for the first
+    token only (see ``last_layer_first_token_only``); outside it the model runs as transformers wrote it.
+
+    Entered by ``LoRAClassifier.forward``, which returns only the logits; a call to the backbone itself
+    (``clf.model(ids, output_hidden_states=True)``, ``clf.model.bert(ids)``) gets every position's hidden state.
+    ``enabled`` is ``False`` for a model whose head reads more than the first token (then it does nothing).
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.active = enabled, False
+
+    def __enter__(self) -> "FirstTokenOnly":
+        self._was, self.active = self.active, self.enabled
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.active = self._was
+
+    def __bool__(self) -> bool:
+        return self.enabled
+
+    def hook(self, module: nn.Module, args: tuple) -> tuple | None:
+        """``(attention_output, input_tensor)``, both ``(B, T, hidden)`` -> both ``(B, 1, hidden)`` while active."""
+        if not self.active:
+            return None
+        attention_output, input_tensor = args
+        return attention_output[:, :1], input_tensor[:, :1]
+
+
+def last_layer_first_token_only(model: nn.Module) -> FirstTokenOnly:
+    """Let the last encoder layer run past its self-attention for the first token only, when the head
+    reads nothing else (``FIRST_TOKEN_HEADS``), inside the returned ``FirstTokenOnly`` context.
 
     The head's input, the last layer's output at position 0, needs that layer's attention for the
     first token's query only, but its keys and values at every position; the attention output's
@@ -168,17 +198,15 @@ def last_layer_first_token_only(model: nn.Module) -> bool:
     Exact (same logits and gradients, to float rounding; tested): it leaves out 9 of the 12
     ``hidden^2``-sized multiply-adds per token of the last layer (for MiniLM-L6, ~11% of a
     training step's GEMM work). A forward pre-hook on the last layer's ``attention.output`` cuts its
-    two inputs to position 0, so the model's modules, state dict, saving and exports are unchanged;
-    the only visible change is that the encoder's last hidden state is ``(B, 1, hidden)``.
+    two inputs to position 0 while the context is entered, so the model's modules, state dict, saving and
+    exports are unchanged, and outside the context (a caller taking hidden states) so is every output.
+
+    Returns:
+        the context (falsy, and doing nothing, for a model type outside ``FIRST_TOKEN_HEADS``).
     """
     if model.config.model_type not in FIRST_TOKEN_HEADS:
-        return False
+        return FirstTokenOnly(False)
+    context = FirstTokenOnly(True)
     last = getattr(model, model.base_model_prefix).encoder.layer[-1]
-    last.attention.output.register_forward_pre_hook(_first_token)
-    return True
-
-
-def _first_token(module: nn.Module, args: tuple) -> tuple:
-    """``(attention_output, input_tensor)``, both ``(B, T, hidden)`` -> both ``(B, 1, hidden)``."""
-    attention_output, input_tensor = args
-    return attention_output[:, :1], input_tensor[:, :1]
+    last.attention.output.register_forward_pre_hook(context.hook)
+    return context

@@ -13,7 +13,7 @@ from typing import Mapping
 
 import torch
 
-from lora_lightning.errors import CheckpointError
+from lora_lightning.errors import CheckpointError, LoRALightningWarning, option
 from lora_lightning.labels import ID2LABEL, resolve_id2label
 
 # Options that decide which tensors exist and what they mean: a checkpoint is only valid with its own.
@@ -22,6 +22,13 @@ STRUCTURE_OPTIONS = ("finetune", "r", "lora_alpha", "target_modules", "train_poo
 # its own too. Apart from STRUCTURE_OPTIONS because they come from the data (linked from data.num_labels /
 # data.id2label by the CLI), so a checkpoint cannot set them: they are checked, never copied.
 LABEL_OPTIONS = ("num_labels", "id2label")
+# Options that shape the optimizer's state: with loraplus_lr_ratio, lora_B is a second parameter group. A
+# resumed fit cannot change whether it is set.
+OPTIMIZER_SHAPE_OPTIONS = ("loraplus_lr_ratio",)
+# Options whose values a resumed fit takes from the checkpoint: its optimizer state (learning rates, weight
+# decay, LoRA+'s ratio), its schedule (warm-up) and the dropout it was trained with.
+TRAINING_OPTIONS = ("learning_rate", "weight_decay", "warmup_ratio", "lora_dropout", "loraplus_lr_ratio",
+                    "backbone_dropout")
 # What these options were before they existed as options (older checkpoints: SST-2's two classes).
 STRUCTURE_DEFAULTS = {"finetune": "lora", "use_rslora": False, "use_dora": False, "num_labels": 2, "id2label": dict(ID2LABEL)}
 
@@ -52,11 +59,42 @@ def check_checkpoint(ckpt_path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... by cause
-        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-        raise CheckpointError(f"--ckpt_path {path}: not a readable checkpoint (truncated, or another kind of file): {reason}") from None
+        raise CheckpointError(unreadable(f"--ckpt_path {path}", error)) from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(f"--ckpt_path {path}: a PyTorch file, but not a Lightning checkpoint (no 'state_dict')")
     return state
+
+
+def unreadable(what: str, error: Exception) -> str:
+    """The line for a checkpoint ``torch.load(weights_only=True)`` refused: an object it may not load (named, with
+    what to do), or a file that is no checkpoint at all (truncated, or another kind of file)."""
+    import re
+
+    text = str(error)
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if refused:
+        return (f"{what}: holds a {refused.group(1)} object, which safe loading (weights_only) refuses: it was saved "
+                "with an option of that type (a pathlib.Path, a numpy number). Load it once with "
+                "torch.load(path, weights_only=False) if you trust it, turn the value into a str/int/float and save "
+                "it again, or re-train with this version, which stores plain values")
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{what}: not a readable checkpoint (truncated, or another kind of file): {type(error).__name__}: {first}"
+
+
+def read_hyperparameters(checkpoint_path) -> dict:
+    """The model hyperparameters saved in a checkpoint (a path or a file-like object), loaded safely.
+
+    Raises:
+        CheckpointError: the file cannot be loaded (see ``unreadable``).
+    """
+    try:
+        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(unreadable(str(checkpoint_path), error)) from None
+    finally:
+        if hasattr(checkpoint_path, "seek"):
+            checkpoint_path.seek(0)
+    return dict(ckpt.get("hyper_parameters", {})) if isinstance(ckpt, dict) else {}
 
 
 def keep_trainable(state_dict: Mapping[str, torch.Tensor], trainable: Mapping[str, torch.Size]) -> dict:
@@ -78,14 +116,39 @@ def check_options(saved: Mapping, current: Mapping) -> None:
     saved = {**STRUCTURE_DEFAULTS, **saved}
     for name in STRUCTURE_OPTIONS:
         if name in saved and name in current and normalise_hparam(saved[name]) != normalise_hparam(current[name]):
-            raise CheckpointError(
-                f"checkpoint was trained with model.{name}={saved[name]!r} but this run has "
-                f"model.{name}={current[name]!r}: pass --model.{name} {saved[name]!r} (or the run's config.yaml)"
-            )
+            flag = option("model", name)
+            fix = (f"pass --{flag} {saved[name]!r} (or the run's config.yaml)" if flag != name else
+                   f"build the model with {name}={saved[name]!r} (or leave {name} out of load_from_checkpoint)")
+            raise CheckpointError(f"checkpoint was trained with {flag}={saved[name]!r} but this model has "
+                                  f"{flag}={current[name]!r}, which changes what its weights mean: {fix}")
     trained, here = label_names(saved), label_names(current)
     if trained != here:
+        fix = ("pass the run's own --config <run>/config.yaml" if option("model", "id2label") != "id2label" else
+               "build the model with the checkpoint's num_labels and id2label (or leave them out of load_from_checkpoint)")
         raise CheckpointError(f"checkpoint was trained with labels {trained}, this model has {here} "
-                              "(model.id2label, from the data's train file): pass the run's own --config <run>/config.yaml")
+                              f"({option('model', 'id2label')}, from the data's train file): {fix}")
+
+
+def check_resume(saved: Mapping, current: Mapping) -> dict:
+    """What a resumed ``fit`` may change and what it may not, beyond ``check_options``.
+
+    Returns:
+        ``{name: saved value}`` of the ``TRAINING_OPTIONS`` that differ (the checkpoint's optimizer state and
+        schedule carry its own values on; the caller says so in one line each).
+
+    Raises:
+        CheckpointError: an ``OPTIMIZER_SHAPE_OPTIONS`` option set in one and not the other (the optimizer state's
+            parameter groups would not fit), naming it and both values.
+    """
+    for name in OPTIMIZER_SHAPE_OPTIONS:
+        was, now = saved.get(name), current.get(name)
+        if (was is None) != (now is None):
+            flag = option("model", name)
+            raise CheckpointError(f"checkpoint was trained with {flag}={was!r} but this run has {flag}={now!r}: its "
+                                  f"optimizer state has {1 if was is None else 2} parameter group(s), this run's "
+                                  f"{1 if now is None else 2}; resume with {flag}={was!r} (or start a new run)")
+    return {name: saved[name] for name in TRAINING_OPTIONS
+            if name in saved and name in current and normalise_hparam(saved[name]) != normalise_hparam(current[name])}
 
 
 def label_names(options: Mapping) -> list[str]:

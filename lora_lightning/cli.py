@@ -28,15 +28,13 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from lora_lightning.callbacks import ResumeSafeSaveConfig, interactive
-from lora_lightning.checkpoint import LABEL_OPTIONS, STRUCTURE_OPTIONS, check_checkpoint, normalise_hparam
+from lora_lightning.checkpoint import (LABEL_OPTIONS, STRUCTURE_OPTIONS, TRAINING_OPTIONS, check_checkpoint,
+                                      normalise_hparam)
 from lora_lightning.data import SST2DataModule, TextClassificationDataModule
 from lora_lightning.errors import LoRALightningError, LoRALightningWarning, OneLineErrors, OptionError, command_line
 from lora_lightning.model import LoRAClassifier
 
 CONFIG_DIRS = (Path(__file__).resolve().parent / "configs",)
-# Model options that shape what the optimizer state means: a resumed fit keeps the checkpoint's.
-TRAINING_OPTIONS = ("learning_rate", "weight_decay", "warmup_ratio", "lora_dropout", "loraplus_lr_ratio",
-                    "backbone_dropout")
 # Data options that decide which sentences a stage sees, per stage.
 DATA_OPTIONS = {
     "fit": ("val_fraction", "val_split", "group_column", "seed", "max_train_samples", "max_eval_samples", "max_length",

@@ -19,6 +19,11 @@ def option(section: str, name: str) -> str:
     return f"{section}.{name}" if _COMMAND_LINE.get() else name
 
 
+def prefix(section: str) -> str:
+    """``model.`` under the command line, ``""`` from Python: the prefix ``option`` would put before a name."""
+    return f"{section}." if _COMMAND_LINE.get() else ""
+
+
 @contextmanager
 def command_line():
     """Errors raised inside name options as command-line flags (see ``option``)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
-from lora_lightning.errors import OptionError
+from lora_lightning.errors import OptionError, option
 
 # SST-2's names, the default for 2 labels (and what checkpoints from before num_labels/id2label had).
 ID2LABEL = {0: "negative", 1: "positive"}
@@ -33,20 +33,20 @@ def resolve_id2label(num_labels: int, id2label: Mapping | None = None) -> dict[i
             (naming ``model.id2label``). One line each.
     """
     if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
-        raise OptionError(f"model.num_labels must be an integer >= 2, got {num_labels!r}")
+        raise OptionError(f"{option('model', 'num_labels')} must be an integer >= 2, got {num_labels!r}")
     if id2label is None:
         return dict(ID2LABEL) if num_labels == 2 else {i: f"LABEL_{i}" for i in range(num_labels)}
     keys = [_index(key) for key in id2label]
     if len(keys) != num_labels or set(keys) != set(range(num_labels)):
-        raise OptionError(f"model.id2label must have exactly the keys 0..{num_labels - 1} (model.num_labels="
-                          f"{num_labels}), got keys {list(id2label)}")
+        raise OptionError(f"{option('model', 'id2label')} must have exactly the keys 0..{num_labels - 1} "
+                          f"({option('model', 'num_labels')}={num_labels}), got keys {list(id2label)}")
     names = dict(sorted(zip(keys, id2label.values())))
     odd = [name for name in names.values() if not isinstance(name, str)]
     if odd:
-        raise OptionError(f"model.id2label names must be strings, got {odd[0]!r}")
+        raise OptionError(f"{option('model', 'id2label')} names must be strings, got {odd[0]!r}")
     repeated = [name for name, count in Counter(names.values()).items() if count > 1]
     if repeated:
-        raise OptionError(f"model.id2label names must differ, but {repeated} name more than one class: {names}")
+        raise OptionError(f"{option('model', 'id2label')} names must differ, but {repeated} name more than one class: {names}")
     return names
 
 

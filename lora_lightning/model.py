@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -19,26 +20,61 @@ from torchmetrics.classification import (BinaryAccuracy, BinaryConfusionMatrix, 
                                          MulticlassConfusionMatrix, MulticlassF1Score)
 from torchmetrics.wrappers import ClasswiseWrapper
 
-from lora_lightning.checkpoint import check_options, fill_frozen, keep_trainable
+from lora_lightning.checkpoint import (LABEL_OPTIONS, STRUCTURE_OPTIONS, check_options, check_resume, fill_frozen,
+                                      keep_trainable, read_hyperparameters)
 from lora_lightning.dropout import use_fast_dropout
-from lora_lightning.errors import CheckpointError, LoRALightningWarning, OptionError, TrainingDivergedError
+from lora_lightning.errors import (CheckpointError, LoRALightningError, LoRALightningWarning, OptionError,
+                                   TrainingDivergedError, option, prefix)
 from lora_lightning.backbone import HEAD_NAMES, check_lora_outside, last_layer_first_token_only, load_backbone
 from lora_lightning.labels import resolve_id2label
 from lora_lightning.lora import count_parameters, inject_lora, mark_only_lora_as_trainable, merge_lora, unmerge_lora
+from lora_lightning.values import as_bool, as_float, as_id2label, as_int, as_str, as_str_list
 
+
+def _inputs_to_weight_dtype(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: floating-point inputs in the dtype of ``module``'s first parameter, so a float32 head
+    takes a bfloat16 / float16 base's hidden states outside autocast too (inside it, autocast casts anyway)."""
+    weight = next(module.parameters(), None)
+    if weight is None:
+        return args
+    return tuple(a.to(weight.dtype) if torch.is_tensor(a) and a.is_floating_point() and a.dtype != weight.dtype else a
+                 for a in args)
+
+
+
+def _factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``: the multiple of the peak rate."""
+    if step < warmup:
+        return float(step) / float(max(1, warmup))
+    return max(0.0, float(total - step) / float(max(1, total - warmup)))
+
+
+def hparams_for_board(params: dict) -> dict:
+    """Hyperparameters as TensorBoard's HPARAMS tab shows them well: no internal keys (LightningCLI's
+    ``_class_path``, ``_instantiator``), booleans and ``None`` as text (``true``/``false``/``null``; TensorBoard
+    would draw a boolean as ``0.0000``), lists and dicts as their text, numbers and strings as they are."""
+    out = {}
+    for key, value in params.items():
+        if str(key).rsplit(".", 1)[-1].startswith("_"):
+            continue
+        if isinstance(value, bool) or value is None:
+            value = {True: "true", False: "false", None: "null"}[value]
+        elif not isinstance(value, (int, float, str)):
+            value = str(list(value) if isinstance(value, tuple) else value)
+        out[key] = value
+    return out
 
 
 def register_hparams_metric(logger: TensorBoardLogger, params: dict, metric: str) -> None:
     """Write TensorBoard's hparams summary naming ``metric`` as the run's metric, without logging a
     placeholder value for it (``log_hyperparams(params, {metric: 0})`` would put a 0.0 at step 0 on
-    the metric's curve); the metric's real values are logged by ``self.log`` as training goes."""
-    from lightning_fabric.utilities.logger import _convert_params, _flatten_dict
+    the metric's curve); the metric's real values are logged by ``self.log`` as training goes.
+    ``params`` are ``hparams_for_board``'s; written with torch's public ``summary.hparams`` and the
+    ``SummaryWriter``'s ``file_writer``."""
     from torch.utils.tensorboard.summary import hparams
 
-    flat = logger._sanitize_params(_flatten_dict(_convert_params(params)))
-    writer = logger.experiment._get_file_writer()
-    for summary in hparams(flat, {metric: 0}):
-        writer.add_summary(summary)
+    for summary in hparams(params, {metric: 0}):
+        logger.experiment.file_writer.add_summary(summary)
 
 
 def classification_metrics(names: list[str]) -> MetricCollection:
@@ -177,32 +213,46 @@ class LoRAClassifier(pl.LightningModule):
         id2label: dict[int, str] | None = None,
     ) -> None:
         super().__init__()
+        # plain values (a Path, numpy numbers, a str for a list): save_hyperparameters stores these locals, and the
+        # checkpoint must load under weights_only (C22)
+        model_name_or_path = as_str("model", "model_name_or_path", model_name_or_path)
+        r, num_labels = as_int("model", "r", r), as_int("model", "num_labels", num_labels)
+        lora_alpha, lora_dropout, learning_rate, weight_decay, warmup_ratio, loraplus_lr_ratio, backbone_dropout = (
+            as_float("model", n, v) for n, v in (
+                ("lora_alpha", lora_alpha), ("lora_dropout", lora_dropout), ("learning_rate", learning_rate),
+                ("weight_decay", weight_decay), ("warmup_ratio", warmup_ratio), ("loraplus_lr_ratio", loraplus_lr_ratio),
+                ("backbone_dropout", backbone_dropout)))
+        train_pooler, merge_for_inference, compile, use_rslora, use_dora = (as_bool("model", n, v) for n, v in (
+            ("train_pooler", train_pooler), ("merge_for_inference", merge_for_inference), ("compile", compile),
+            ("use_rslora", use_rslora), ("use_dora", use_dora)))
+        target_modules = as_str_list("model", "target_modules", target_modules)
+        id2label = as_id2label("model", "id2label", id2label)
         if not learning_rate > 0:
-            raise OptionError(f"model.learning_rate must be > 0, got {learning_rate}")
+            raise OptionError(f"{option('model', 'learning_rate')} must be > 0, got {learning_rate}")
         if not 0 <= warmup_ratio < 1:
-            raise OptionError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
+            raise OptionError(f"{option('model', 'warmup_ratio')} must be in [0, 1), got {warmup_ratio}")
         if loraplus_lr_ratio is not None and not loraplus_lr_ratio > 0:
-            raise OptionError(f"model.loraplus_lr_ratio must be > 0 (or null), got {loraplus_lr_ratio}")
+            raise OptionError(f"{option('model', 'loraplus_lr_ratio')} must be > 0 (or null), got {loraplus_lr_ratio}")
         if backbone_dropout is not None and not 0 <= backbone_dropout < 1:
-            raise OptionError(f"model.backbone_dropout must be in [0, 1) (or null), got {backbone_dropout}")
-        variants = [f"model.{name}" for name, on in (("use_rslora", use_rslora), ("use_dora", use_dora),
-                                                     ("loraplus_lr_ratio", loraplus_lr_ratio is not None)) if on]
+            raise OptionError(f"{option('model', 'backbone_dropout')} must be in [0, 1) (or null), got {backbone_dropout}")
+        variants = [option("model", name) for name, on in (("use_rslora", use_rslora), ("use_dora", use_dora),
+                                                           ("loraplus_lr_ratio", loraplus_lr_ratio is not None)) if on]
         if finetune == "full" and variants:
-            raise OptionError(f"{', '.join(variants)} need model.finetune=lora: full fine-tuning has no LoRA")
+            raise OptionError(f"{', '.join(variants)} need {option('model', 'finetune')}=lora: full fine-tuning has no LoRA")
         id2label = resolve_id2label(num_labels, id2label)  # saved so, by save_hyperparameters: int keys, names filled in
         self.label_names = list(id2label.values())  # by class index
         self.save_hyperparameters()
         self.model, new = load_backbone(model_name_or_path, torch_dtype, backbone_dropout, num_labels, id2label)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
         use_fast_dropout(self.model)  # the same distribution, half the cost of its masks on CPU (dropout.py)
-        last_layer_first_token_only(self.model)  # exact: the head reads [CLS] only (backbone.py)
+        self.first_token_only = last_layer_first_token_only(self.model)  # exact; in forward() only (backbone.py)
         if finetune not in ("lora", "full"):
-            raise OptionError(f"model.finetune must be 'lora' or 'full', got {finetune!r}")
+            raise OptionError(f"{option('model', 'finetune')} must be 'lora' or 'full', got {finetune!r}")
         names = [name for name, _ in self.model.named_modules()]
         poolers = [n for n in names if n.rsplit(".", 1)[-1] == "pooler"]
         if train_pooler and not poolers:
-            raise OptionError(f"model.train_pooler=true, but {type(self.model).__name__} has no pooler (its head "
-                              "does not use one): leave it false")
+            raise OptionError(f"{option('model', 'train_pooler')}=true, but {type(self.model).__name__} has no pooler "
+                              "(its head does not use one): leave it false")
         # Trained in full (C15): every new tensor, the task head (as PEFT does), the pooler if asked; outermost only.
         full = set(new) | {n for n in names if n.rsplit(".", 1)[-1] in HEAD_NAMES} | set(poolers if train_pooler else [])
         self.modules_to_save = [n for n in names if n in full and not any(n.startswith(m + ".") for m in full)]
@@ -221,12 +271,14 @@ class LoRAClassifier(pl.LightningModule):
                 self.lora_modules = inject_lora(self.model, list(target_modules), r, lora_alpha, lora_dropout,
                                                 use_rslora=use_rslora, use_dora=use_dora)
             except ValueError as error:
-                raise OptionError(f"model: {error}") from None
+                raise OptionError(f"{prefix('model')}{error}") from None
             check_lora_outside(self.lora_modules, self.modules_to_save, list(target_modules))
             trainable = mark_only_lora_as_trainable(self.model, self.modules_to_save)
         for p in trainable:
             param = self.model.get_parameter(p)
             param.data = param.data.float()  # fp32 master weights for what trains (C11)
+        for name in self.modules_to_save:  # their float32 weights take a half-precision base's output (C25)
+            self.model.get_submodule(name).register_forward_pre_hook(_inputs_to_weight_dtype)
         # Checkpoints hold the trainable tensors only; on_load_checkpoint checks them, then fills in the frozen base.
         signature = inspect.signature(self.model.forward).parameters.values()
         self.forward_inputs = {p.name for p in signature if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
@@ -237,6 +289,10 @@ class LoRAClassifier(pl.LightningModule):
         self.val_confusion, self.test_confusion = confusion_matrix(num_labels), confusion_matrix(num_labels)
         # mean loss over samples, synchronised across processes like the other metrics
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self._schedule: tuple[int, int] | None = None  # (warm-up, total) optimizer steps, set in on_train_start
+        self.dropout_seed: int | None = None  # set at fit start (or from the checkpoint); see dropout_rng
+        self._loaded_step: int | None = None  # the global step of the checkpoint loaded, if any
+        self._saved_schedule: tuple[int, int] | None = None  # (warm-up, total) steps of the loaded checkpoint's run
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -246,7 +302,8 @@ class LoRAClassifier(pl.LightningModule):
         takes no ``token_type_ids``, which BERT tokenizers yield.
         """
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        return self.model(**{k: v for k, v in inputs.items() if v is not None and k in self.forward_inputs}).logits
+        with self.first_token_only:  # only the logits are returned: the last layer may skip all but [CLS]
+            return self.model(**{k: v for k, v in inputs.items() if v is not None and k in self.forward_inputs}).logits
 
     def _shared_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(loss, preds (B,), labels (B,))``."""
@@ -260,7 +317,8 @@ class LoRAClassifier(pl.LightningModule):
         Raises:
             TrainingDivergedError: the loss is NaN or infinite (checkpoints written so far are kept).
         """
-        loss, _, labels = self._shared_step(batch)
+        with self.dropout_rng(batch_idx):
+            loss, _, labels = self._shared_step(batch)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"train_loss is {loss.item()} at step {self.global_step}: training diverged; checkpoints "
@@ -300,9 +358,15 @@ class LoRAClassifier(pl.LightningModule):
         (``val_f1_<name>``), and, with a ``TensorBoardLogger``, the confusion matrix as a figure
         (``<stage>_confusion_matrix``, at ``global_step``) except in the sanity check."""
         metrics = getattr(self, f"{stage}_metrics")
+        fitting = self.trainer.state.fn == "fit"
+        step = self.global_step if fitting or self._loaded_step is None else self._loaded_step
         for metric in metrics.values(copy_state=False):
             if isinstance(metric, ClasswiseWrapper):  # compute() syncs across processes; sync_dist averages equal values
                 self.log_dict({f"{metrics.prefix}{k}": v for k, v in metric.compute().items()}, sync_dist=True)
+        if not fitting and self._loaded_step is not None:
+            # validate / test --ckpt_path: Lightning's loggers take a logged "step" as the x-axis (else 0), so the
+            # point sits at the checkpoint's step; the metrics returned carry it as "step" too
+            self.log("step", float(step))
         boards = [logger for logger in self.loggers if isinstance(logger, TensorBoardLogger)]
         if not boards or self.trainer.sanity_checking:
             return
@@ -310,8 +374,8 @@ class LoRAClassifier(pl.LightningModule):
         counts = confusion.compute()  # (K, K), on every process: it syncs them
         if self.trainer.is_global_zero:
             for board in boards:
-                fig = confusion_figure(confusion, counts, self.label_names, f"{stage} confusion matrix, step {self.global_step}")
-                board.experiment.add_figure(f"{stage}_confusion_matrix", fig, global_step=self.global_step)
+                fig = confusion_figure(confusion, counts, self.label_names, f"{stage} confusion matrix, step {step}")
+                board.experiment.add_figure(f"{stage}_confusion_matrix", fig, global_step=step)
 
     def on_validation_epoch_start(self) -> None:
         self._eval_epoch_start("val")
@@ -327,17 +391,28 @@ class LoRAClassifier(pl.LightningModule):
         """Class probabilities ``(B, num_labels)`` (softmax of the logits), column i the class ``id2label[i]``."""
         return self(**{k: v for k, v in batch.items() if k != "labels"}).softmax(-1)
 
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        """Reseed torch from ``(seed, optimizer step, micro-batch)`` (seed from ``seed_everything``):
-        dropout masks depend only on where the batch is in the run, so a resumed run matches an
-        uninterrupted one exactly, and the micro-batches of one accumulated step get different masks."""
+    @contextmanager
+    def dropout_rng(self, batch_idx: int):
+        """The random state of one training forward: torch's generators, forked (the global state is given back
+        unchanged after) and seeded from ``(dropout_seed, optimizer step, micro-batch)``, so dropout masks depend
+        only on where the batch is in the run: a resumed run matches an uninterrupted one exactly, and the
+        micro-batches of one accumulated step get different masks. Code running beside training (callbacks, the
+        user's own sampling) sees the global generator as it would without this package."""
         accumulate = self.trainer.accumulate_grad_batches
         position = self.global_step * accumulate + batch_idx % accumulate  # = global_step without accumulation
-        torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)) * 1_000_003 + position)
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            torch.manual_seed((self.dropout_seed * 1_000_003 + position) % 2**63)
+            yield
 
     def on_fit_start(self) -> None:
-        """Log trainable / total parameter counts, and register ``hp/val_acc`` as the hyperparameter
-        metric (TensorBoard's hparams tab then shows val_acc against r, lora_alpha, learning_rate)."""
+        """Train mode (``load_from_checkpoint`` returns eval mode, as ``from_pretrained`` does); the dropout
+        seed (``seed_everything``'s, else ``torch.initial_seed()``, so ``torch.manual_seed`` decides it; a resumed
+        run keeps its checkpoint's); log trainable / total parameter counts, and register ``hp/val_acc`` as the
+        hyperparameter metric (TensorBoard's hparams tab then shows val_acc against r, lora_alpha, learning_rate)."""
+        self.train()
+        if self.dropout_seed is None:
+            self.dropout_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
         trainable, total = count_parameters(self.model)
         hp = self.hparams
         variants = [name for name, on in (("rsLoRA", hp.use_rslora), ("DoRA", hp.use_dora)) if on]
@@ -352,11 +427,12 @@ class LoRAClassifier(pl.LightningModule):
         )
         if self.logger is not None:
             # not LightningCLI's _instantiator; nor the K class names (num_labels is there)
-            params = {k: v for k, v in self.hparams.items() if not k.startswith("_") and k != "id2label"}
+            params = {k: v for k, v in self.hparams.items() if k != "id2label"}
             datamodule = getattr(self.trainer, "datamodule", None)
             if datamodule is not None:  # the data options too, for the HPARAMS tab
                 params.update({f"data.{k}": v for k, v in datamodule.hparams.items() if k != "model_name_or_path"})
             params.update(trainable_params=trainable, total_params=total)
+            params = hparams_for_board(params)
             self.logger.log_hyperparams(params)
             if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
                 register_hparams_metric(self.logger, params, "hp/val_acc")
@@ -369,12 +445,19 @@ class LoRAClassifier(pl.LightningModule):
         self._eval_epoch_end("val")
 
     def setup(self, stage: str) -> None:
-        """Check that ``torch_dtype`` and ``trainer.precision`` can run on this accelerator.
+        """Check the data's classes against the model's, and that ``torch_dtype`` and ``trainer.precision`` can
+        run on this accelerator.
+
+        Classes: a data module that knows its classes (``num_labels``, ``id2label``) must have the model's. A
+        fresh ``fit`` (no ``ckpt_path``) with the same number of classes under other names takes the data's
+        names, and says so; any other difference is refused (the CLI links them, so this is for Python users).
 
         Raises:
-            OptionError: a half-precision base without a matching mixed precision, or ``float16``
-                on CPU (one message naming ``model.torch_dtype`` and ``trainer.precision``).
+            OptionError: another number of classes than the data's, or other names where a checkpoint decides
+                them (one line naming ``num_labels`` / ``id2label`` and what to pass); a half-precision base
+                without a matching mixed precision, or ``float16`` on CPU.
         """
+        self._check_classes(stage)
         if self.hparams.compile and not hasattr(self.model.forward, "_torchdynamo_orig_callable"):
             self.model.forward = torch.compile(self.model.forward, dynamic=True)
         precision = str(self.trainer.precision)
@@ -393,13 +476,44 @@ class LoRAClassifier(pl.LightningModule):
         if precision != wanted:
             raise OptionError(f"model.torch_dtype={dtype} needs trainer.precision={wanted}, got trainer.precision={precision}")
 
+    def _check_classes(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "id2label") or stage == "predict":
+            return
+        try:
+            names = [str(v) for v in datamodule.id2label.values()]
+        except LoRALightningError:  # the data cannot say (no train file and no labels): nothing to compare
+            return
+        if names == self.label_names:
+            return
+        pass_ = (f"{option('model', 'num_labels')}={len(names)}, {option('model', 'id2label')}={dict(enumerate(names))}"
+                 " (from Python: LoRAClassifier(..., num_labels=dm.num_labels, id2label=dm.id2label))")
+        if len(names) != len(self.label_names):
+            raise OptionError(f"the data has {len(names)} classes {names}, but the model was built for "
+                              f"{len(self.label_names)} {self.label_names}: build it with {pass_}")
+        if stage == "fit" and self.trainer.ckpt_path is None and self._loaded_step is None:
+            id2label = dict(enumerate(names))
+            rank_zero_info(f"the model's classes take the data's names {names} (it was built with {self.label_names})")
+            self.label_names = names
+            self.hparams["id2label"] = id2label
+            self.model.config.id2label, self.model.config.label2id = id2label, {v: k for k, v in id2label.items()}
+            metrics = classification_metrics(names)
+            self.val_metrics, self.test_metrics = metrics.clone(prefix="val_"), metrics.clone(prefix="test_")
+            return
+        raise OptionError(f"the data's classes are {names}, but the model's (from its checkpoint) are {self.label_names}: "
+                          f"use the data the model was trained on, or pass {option('data', 'labels')}={self.label_names}")
+
     def trainable_state_keys(self) -> dict[str, torch.Size]:
         """State-dict keys (and shapes) that a checkpoint holds: the trainable parameters."""
         return {name: p.shape for name, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep only the trainable tensors: an adapter-sized checkpoint, not a copy of BERT."""
+        """Keep only the trainable tensors: an adapter-sized checkpoint, not a copy of BERT; and the run's
+        dropout seed and learning-rate schedule (warm-up, total steps), for an exact, checked resume."""
         checkpoint["state_dict"] = keep_trainable(checkpoint["state_dict"], self.trainable_state_keys())
+        checkpoint["dropout_seed"] = self.dropout_seed
+        if self._schedule is not None:
+            checkpoint["lr_schedule"] = list(self._schedule)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint that does not fit, naming the option or the first mismatching key;
@@ -421,10 +535,48 @@ class LoRAClassifier(pl.LightningModule):
         saved = checkpoint.get("hyper_parameters", {})
         check_options(saved, hp)
         if saved.get("model_name_or_path", hp.model_name_or_path) != hp.model_name_or_path:
-            rank_zero_warn(f"checkpoint was trained on model.model_name_or_path={saved['model_name_or_path']!r}, "
+            rank_zero_warn(f"checkpoint was trained on {option('model', 'model_name_or_path')}={saved['model_name_or_path']!r}, "
                            f"this run loads {hp.model_name_or_path!r}", category=LoRALightningWarning)
+        if self._trainer is not None and self.trainer.state.fn == "fit":  # resuming: what the optimizer state fixes
+            for name, value in check_resume(saved, hp).items():
+                if name == "warmup_ratio":  # the schedule is this model's: go on with the checkpoint's
+                    hp["warmup_ratio"] = value
+                kept = ("the run goes on with the checkpoint's" if name in ("warmup_ratio", "learning_rate", "weight_decay",
+                                                                            "loraplus_lr_ratio") else "the run uses this")
+                rank_zero_warn(f"resuming: the checkpoint was trained with {option('model', name)}={value!r}, this model "
+                               f"has {hp[name]!r}; {kept} (its optimizer state, schedule or dropout)"
+                               if name != "warmup_ratio" else f"resuming: {option('model', name)}={value!r} from the "
+                               f"checkpoint (this model has {hp[name]!r}): its schedule goes on",
+                               category=LoRALightningWarning)
+        self._loaded_step = checkpoint.get("global_step")
+        self.dropout_seed = checkpoint.get("dropout_seed", self.dropout_seed)
+        self._saved_schedule = tuple(checkpoint["lr_schedule"]) if checkpoint.get("lr_schedule") else None
         model = f"model: {hp.model_name_or_path}, r={hp.r}, target_modules={list(hp.target_modules)}"
         fill_frozen(state, self.trainable_state_keys(), self.state_dict(), model)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
+                             weights_only=None, **kwargs):
+        """Lightning's ``load_from_checkpoint``, with two differences.
+
+        ``kwargs`` may override how the model runs (``merge_for_inference``, ``compile``, ``torch_dtype``,
+        the training options), never what its weights mean: an override of ``r``, ``lora_alpha``,
+        ``target_modules``, ``use_rslora``, ``use_dora``, ``finetune``, ``train_pooler``, ``num_labels`` or
+        ``id2label`` that differs from the checkpoint's is refused (Lightning would write it over the saved
+        value before any check could see it). The model comes back in ``eval()`` mode, as transformers'
+        ``from_pretrained`` returns one (``fit`` puts it back in training mode).
+
+        Raises:
+            CheckpointError: such an override, naming it and the checkpoint's value; an unreadable file.
+        """
+        if kwargs:
+            saved = read_hyperparameters(checkpoint_path)
+            overrides = {k: v for k, v in kwargs.items() if k in STRUCTURE_OPTIONS + LABEL_OPTIONS}
+            if overrides:
+                check_options(saved, {**saved, **overrides})
+        model = super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                             strict=strict, weights_only=weights_only, **kwargs)
+        return model.eval()
 
     def _merge_outside_fit(self) -> None:
         if self.hparams.merge_for_inference and not self.trainer.state.fn == "fit":
@@ -462,10 +614,7 @@ class LoRAClassifier(pl.LightningModule):
         """Multiplier of the peak learning rate at optimizer step ``step``."""
         if self._schedule is None:  # at construction, before the length is known: set again in on_train_start
             return 0.0
-        warmup, total = self._schedule
-        if step < warmup:
-            return float(step) / float(max(1, warmup))
-        return max(0.0, float(total - step) / float(max(1, total - warmup)))
+        return _factor(step, *self._schedule)
 
     def on_train_start(self) -> None:
         """Size the schedule from the run's length, and set the current learning rate from it.
@@ -478,6 +627,13 @@ class LoRAClassifier(pl.LightningModule):
             raise OptionError("trainer.max_epochs=-1 and trainer.max_steps=-1 give the learning-rate schedule no "
                               "length: set trainer.max_epochs or trainer.max_steps (trainer.max_time may still stop it early)")
         self._schedule = (int(self.hparams.warmup_ratio * total), int(total))
+        if self._saved_schedule is not None and self._saved_schedule != self._schedule and self.global_step > 0:
+            (was_warmup, was_total), step = self._saved_schedule, self.global_step
+            was = self.hparams.learning_rate * _factor(step, was_warmup, was_total)
+            rank_zero_warn(f"resuming at step {step}: the learning-rate schedule was {was_total} steps long ({was_warmup} "
+                           f"of warm-up) and is now {int(total)} ({self._schedule[0]}), from trainer.max_epochs / "
+                           f"max_steps: the rate at step {step} is {self.hparams.learning_rate * self._lr_factor(step):.2e} "
+                           f"instead of {was:.2e}, decaying to 0 at step {int(total)}", category=LoRALightningWarning)
         for config in self.trainer.lr_scheduler_configs:
             scheduler = config.scheduler
             for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):

@@ -23,12 +23,15 @@ def test_first_token_only_gives_the_same_logits_and_gradients(fixture, request):
     torch.manual_seed(0)
     model, _ = load_backbone(request.getfixturevalue(fixture), dropout=0.0)
     full = copy.deepcopy(model)
-    assert last_layer_first_token_only(model)
+    first_token_only = last_layer_first_token_only(model)
+    assert first_token_only
     shapes = []
     last = getattr(model, model.base_model_prefix).encoder.layer[-1]
     last.output.register_forward_hook(lambda m, args, out: shapes.append(tuple(out.shape)))
     model.train(), full.train()
-    logits, expected = model(**padded_batch()).logits, full(**padded_batch()).logits
+    with first_token_only:
+        logits = model(**padded_batch()).logits
+    expected = full(**padded_batch()).logits
     assert shapes == [(3, 1, model.config.hidden_size)]
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
     (logits * torch.tensor([1.0, -2.0])).sum().backward()
@@ -51,3 +54,20 @@ def test_other_heads_are_left_alone(tiny_distilbert_dir, tiny_model_dir):
     module = LoRAClassifier(tiny_model_dir)
     assert module.model.bert.encoder.layer[-1].attention.output._forward_pre_hooks
     assert not module.model.bert.encoder.layer[0].attention.output._forward_pre_hooks
+
+
+def test_hidden_states_are_whole_outside_the_classifier_call(tiny_model_dir):
+    """Issue 19: the [CLS]-only speed-up is confined to LoRAClassifier.forward; the backbone called by itself
+    returns every position, as transformers' model does (B, T, H), with hidden states equal to an unpatched copy."""
+    from transformers import AutoModel
+
+    from lora_lightning.model import LoRAClassifier
+
+    clf = LoRAClassifier(tiny_model_dir, lora_dropout=0.0, backbone_dropout=0.0).eval()
+    batch = padded_batch()
+    out = clf.model(**batch, output_hidden_states=True)
+    assert out.hidden_states[-1].shape == (3, 7, 32)
+    assert clf.model.bert(**batch).last_hidden_state.shape == (3, 7, 32)
+    plain = AutoModel.from_pretrained(tiny_model_dir).eval()
+    torch.testing.assert_close(clf.model.bert(**batch).last_hidden_state, plain(**batch).last_hidden_state)
+    torch.testing.assert_close(clf(**batch), out.logits, atol=1e-6, rtol=1e-5)  # the fast call: the same logits

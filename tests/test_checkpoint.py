@@ -73,16 +73,27 @@ def test_config_that_differs_from_checkpoint_is_refused(tiny_ckpt, tiny_model_di
     """C09 (Lightning #20310): `validate --ckpt_path` builds the model from the config; if its r or
     lora_alpha differs from the checkpoint's, stop before evaluating, naming the option."""
     dm = SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir)
-    with pytest.raises(ValueError, match=r"trained with model.r=4 but this run has model.r=8: pass --model.r 4"):
+    with pytest.raises(ValueError, match=r"trained with r=4 but this model has r=8, which changes what its weights mean: "
+                                         r"build the model with r=4"):
         quiet_trainer().validate(LoRAClassifier(tiny_model_dir, r=8, lora_alpha=8), dm, ckpt_path=tiny_ckpt)
-    with pytest.raises(ValueError, match=r"model.lora_alpha=8 but this run has model.lora_alpha=16: pass --model.lora_alpha 8"):
+    with pytest.raises(ValueError, match=r"lora_alpha=8.0 but this model has lora_alpha=16.0"):
         quiet_trainer().validate(LoRAClassifier(tiny_model_dir, r=4, lora_alpha=16), dm, ckpt_path=tiny_ckpt)
 
 
-def test_wrong_rank_is_refused_by_key_and_shapes(tiny_ckpt):
+def test_wrong_rank_is_refused_by_option_then_by_key_and_shapes(tiny_ckpt, tiny_model_dir):
+    """Issue 19: load_from_checkpoint(r=8) names the option (Lightning would write 8 over the saved 4 before
+    any check saw it); a checkpoint whose saved r was edited still fails on its tensors' shapes."""
+    from lora_lightning.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"^checkpoint was trained with r=4 but this model has r=8, which changes "
+                                              r"what its weights mean: build the model with r=4 \(or leave r out of "
+                                              r"load_from_checkpoint\)$"):
+        LoRAClassifier.load_from_checkpoint(tiny_ckpt, map_location="cpu", r=8)
+    edited = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    edited["hyper_parameters"]["r"] = 8
     with pytest.raises(ValueError, match=r"'model.bert.encoder.layer.0.attention.self.query.lora_A' has shape "
                                          r"\(4, 32\) in the checkpoint but \(8, 32\) in the model"):
-        LoRAClassifier.load_from_checkpoint(tiny_ckpt, map_location="cpu", r=8)
+        LoRAClassifier(tiny_model_dir, r=8, lora_alpha=8).on_load_checkpoint(edited)
 
 
 def test_missing_head_is_refused(tiny_ckpt, tmp_path):
@@ -94,9 +105,14 @@ def test_missing_head_is_refused(tiny_ckpt, tmp_path):
         LoRAClassifier.load_from_checkpoint(tmp_path / "no-head.ckpt", map_location="cpu")
 
 
-def test_other_targets_are_refused(tiny_ckpt):
-    with pytest.raises(ValueError, match=r"attention.self.key.lora_A' of shape \(4, 32\) is missing"):
+def test_other_targets_are_refused(tiny_ckpt, tiny_model_dir):
+    with pytest.raises(ValueError, match=r"trained with target_modules=\['query', 'value'\] but this model has "
+                                         r"target_modules=\['query', 'key', 'value'\]"):
         LoRAClassifier.load_from_checkpoint(tiny_ckpt, map_location="cpu", target_modules=["query", "key", "value"])
+    edited = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    edited["hyper_parameters"]["target_modules"] = ["query", "key", "value"]
+    with pytest.raises(ValueError, match=r"attention.self.key.lora_A' of shape \(4, 32\) is missing"):
+        LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8, target_modules=["query", "key", "value"]).on_load_checkpoint(edited)
 
 
 def test_resume_and_merged_inference(tiny_ckpt, tiny_model_dir, toy_glue_dir):
@@ -200,10 +216,14 @@ def test_variant_options_are_checked_on_load(tiny_ckpt, tiny_model_dir, tmp_path
     trainer.save_checkpoint(tmp_path / "dora.ckpt")
     state = torch.load(tmp_path / "dora.ckpt", weights_only=True)
     assert sum(k.endswith("lora_magnitude") for k in state["state_dict"]) == 2 * 2  # 2 layers x (query, value)
-    with pytest.raises(ValueError, match=r"unexpected key '.*query.lora_magnitude' of shape \(32,\)"):
+    with pytest.raises(ValueError, match=r"trained with use_dora=True but this model has use_dora=False"):
         LoRAClassifier.load_from_checkpoint(tmp_path / "dora.ckpt", map_location="cpu", use_dora=False)
+    edited = torch.load(tmp_path / "dora.ckpt", map_location="cpu", weights_only=True)
+    edited["hyper_parameters"]["use_dora"] = False
+    with pytest.raises(ValueError, match=r"unexpected key '.*query.lora_magnitude' of shape \(32,\)"):
+        LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8).on_load_checkpoint(edited)
     plain = LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8)  # a model built from a config without the option (C09)
-    with pytest.raises(ValueError, match=r"trained with model.use_dora=True but this run has model.use_dora=False"):
+    with pytest.raises(ValueError, match=r"trained with use_dora=True but this model has use_dora=False"):
         quiet_trainer().validate(plain, DataLoader([batch], batch_size=None), ckpt_path=tmp_path / "dora.ckpt")
     old = torch.load(tiny_ckpt, weights_only=True)
     for name in ("use_dora", "use_rslora", "loraplus_lr_ratio", "backbone_dropout"):
@@ -242,7 +262,8 @@ def test_checkpoint_of_other_labels_is_refused(tiny_model_dir, tmp_path):
     val = DataLoader(class_batches(1), batch_size=None)
     other = LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8, num_labels=3, id2label={0: "low", 1: "high", 2: "mid"})
     with pytest.raises(CheckpointError, match=r"^checkpoint was trained with labels \['low', 'high', 'so so'\], this model "
-                                              r"has \['low', 'high', 'mid'\] \(model.id2label, from the data's train file\): pass the run's own --config <run>/config.yaml$"):
+                                              r"has \['low', 'high', 'mid'\] \(id2label, from the data's train file\): build the model with the checkpoint's "
+                                              r"num_labels and id2label \(or leave them out of load_from_checkpoint\)$"):
         quiet_trainer().validate(other, val, ckpt_path=ckpt)
     with pytest.raises(CheckpointError, match=r"labels \['low', 'high', 'so so'\], this model has \['negative', 'positive'\]"):
         LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8).on_load_checkpoint(torch.load(ckpt, weights_only=True))

@@ -27,12 +27,19 @@ def test_trainable_parameters_exact(tiny_model_dir):
 
 
 @pytest.mark.parametrize("kw, error, message", [
-    ({"r": 0}, ValueError, r"model: r must be an integer >= 1"),
-    ({"target_modules": ["nonexistent"]}, ValueError, r"model: target_modules \['nonexistent'\] matched no nn.Linear"),
-    ({"warmup_ratio": 1.0}, ValueError, r"model.warmup_ratio must be in \[0, 1\)"),
-    ({"learning_rate": 0.0}, ValueError, r"model.learning_rate must be > 0"),
+    ({"r": 0}, ValueError, r"^r must be an integer >= 1"),
+    ({"target_modules": ["nonexistent"]}, ValueError, r"^target_modules \['nonexistent'\] matched no nn.Linear"),
+    ({"warmup_ratio": 1.0}, ValueError, r"^warmup_ratio must be in \[0, 1\)"),
+    ({"learning_rate": 0.0}, ValueError, r"^learning_rate must be > 0"),
+    # issue 19: Python values of the wrong type are refused when built, naming the argument
+    ({"r": 4.5}, ValueError, r"^r must be an integer, got 4.5 \(float\)"),
+    ({"lora_alpha": "16"}, ValueError, r"^lora_alpha must be a number, got '16' \(str\)"),
+    ({"target_modules": ["query", 3]}, ValueError, r"^target_modules must be a list of names \(strings\)"),
+    ({"id2label": "negative,positive"}, ValueError, r"^id2label must be a dict \{class id: name\} or a list of names"),
+    ({"use_dora": 1}, ValueError, r"^use_dora must be true or false, got 1 \(int\)"),
 ])
 def test_bad_options(tiny_model_dir, kw, error, message):
+    """From Python the error names the argument (``r``); the command line names ``model.r`` (test_cli)."""
     with pytest.raises(error, match=message):
         LoRAClassifier(tiny_model_dir, **kw)
 
@@ -81,12 +88,13 @@ def test_padding_is_masked_and_long_rows_truncated(tiny_model_dir, tmp_path):
     d.mkdir()
     write_tsv(d / "train.tsv", "sentence\tlabel", [("great fun", 1), (" ".join(["good"] * 600), 1)] * 10)
     write_tsv(d / "dev.tsv", "sentence\tlabel", [("great fun", 1), (long, 0)])
-    dm = SST2DataModule(tiny_model_dir, data_dir=str(d), max_length=32, eval_batch_size=2, sort_eval_by_length=False)
+    dm = SST2DataModule(tiny_model_dir, data_dir=str(d), max_length=32, eval_batch_size=2, sort_eval_by_length=False,
+                        val_split="random")
     dm.setup("fit")
     assert {len(ids) for ids in dm.datasets["train"]["input_ids"]} == {4, 32}
     assert all(ids[-1] == dm.tokenizer.sep_token_id for ids in dm.datasets["train"]["input_ids"])
     collate = DataCollatorWithPadding(AutoTokenizer.from_pretrained(tiny_model_dir))
-    alone = collate([{k: v for k, v in dm.datasets["test"][0].items() if k not in ("labels", "length")}])
+    alone = collate([{k: v for k, v in dm.datasets["test"][0].items() if k not in ("labels", "length", "full_length")}])
     pair = next(iter(dm.test_dataloader()))
     assert pair["input_ids"].shape == (2, 32) and pair["attention_mask"][0].tolist() == [1] * 4 + [0] * 28
     with torch.no_grad():
@@ -115,7 +123,7 @@ def test_epoch_accuracy_pools_samples(tiny_model_dir, toy_glue_dir):
     """C12 (torchmetrics #597): batches of 4, 4, 2 with the last 2 wrong give val_acc 0.8, not the
     0.667 batch mean; state resets between runs; training doesn't leak into the val metric."""
     model = StubClassifier(tiny_model_dir)
-    dm = SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir, val_fraction=0.05, eval_batch_size=4)
+    dm = SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir, val_fraction=0.05, eval_batch_size=4, val_split="random")
     assert trainer().validate(model, dm, verbose=False)[0]["val_acc"] == pytest.approx(0.8, abs=1e-7)
     assert trainer().validate(model, dm, verbose=False)[0]["val_acc"] == pytest.approx(0.8, abs=1e-7)
     t = trainer(max_epochs=1, num_sanity_val_steps=0)
@@ -206,7 +214,7 @@ def test_full_finetune_trains_every_weight_and_keeps_its_checkpoint_apart(tiny_m
     path = tmp_path / "full.ckpt"
     t.save_checkpoint(path)
     assert len(torch.load(path, weights_only=True)["state_dict"]) == len(model.state_dict())
-    with pytest.raises(ValueError, match=r"trained with model.finetune='full' but this run has model.finetune='lora'"):
+    with pytest.raises(ValueError, match=r"trained with finetune='full' but this model has finetune='lora'"):
         LoRAClassifier(tiny_model_dir).on_load_checkpoint(torch.load(path, weights_only=True))
     again = LoRAClassifier.load_from_checkpoint(path)
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
@@ -214,7 +222,7 @@ def test_full_finetune_trains_every_weight_and_keeps_its_checkpoint_apart(tiny_m
 
 
 def test_unknown_finetune_mode_is_refused(tiny_model_dir):
-    with pytest.raises(ValueError, match=r"model.finetune must be 'lora' or 'full', got 'adapter'"):
+    with pytest.raises(ValueError, match=r"^finetune must be 'lora' or 'full', got 'adapter'"):
         LoRAClassifier(tiny_model_dir, finetune="adapter")
 
 
@@ -306,8 +314,8 @@ def test_base_with_a_head_of_another_width_gets_a_new_2_label_head(tiny_nli_dir,
     ("tiny_distilbert_dir", dict(target_modules=["pre_classifier"]),
      r"'pre_classifier' matches 'pre_classifier', which trains in full; .*: drop 'pre_classifier'$"),
     ("tiny_distilbert_dir", dict(target_modules=["q_lin"], train_pooler=True),
-     r"^model.train_pooler=true, but DistilBertForSequenceClassification has no pooler"),
-    ("tiny_roberta_dir", dict(train_pooler=True), r"^model.train_pooler=true, but RobertaForSequenceClassification has no pooler"),
+     r"^train_pooler=true, but DistilBertForSequenceClassification has no pooler"),
+    ("tiny_roberta_dir", dict(train_pooler=True), r"^train_pooler=true, but RobertaForSequenceClassification has no pooler"),
 ], ids=["lora-in-trained-pooler", "lora-in-roberta-head", "lora-on-the-head", "lora-only-on-a-new-layer",
         "distilbert-pooler", "roberta-pooler"])
 def test_configurations_that_cannot_export_are_refused_when_built(base, kw, message, request):
@@ -350,9 +358,9 @@ def test_backbone_dropout_reaches_every_dropout(tiny_model_dir, tiny_distilbert_
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(finetune="full", use_dora=True), "model.use_dora need model.finetune=lora"),
-    (dict(loraplus_lr_ratio=0.0), "model.loraplus_lr_ratio must be > 0"),
-    (dict(backbone_dropout=1.0), "model.backbone_dropout must be in"),
+    (dict(finetune="full", use_dora=True), "^use_dora need finetune=lora"),
+    (dict(loraplus_lr_ratio=0.0), "^loraplus_lr_ratio must be > 0"),
+    (dict(backbone_dropout=1.0), "^backbone_dropout must be in"),
 ])
 def test_variant_options_refused(tiny_model_dir, options, message):
     with pytest.raises(ValueError, match=message):
@@ -474,11 +482,11 @@ def test_two_class_model_keeps_its_binary_metrics(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(num_labels=1), r"^model.num_labels must be an integer >= 2, got 1$"),
-    (dict(num_labels=3, id2label={0: "a", 1: "b"}), r"^model.id2label must have exactly the keys 0..2 \(model.num_labels=3\), got keys \[0, 1\]$"),
-    (dict(num_labels=2, id2label={1: "a", 2: "b"}), r"^model.id2label must have exactly the keys 0..1 "),
-    (dict(num_labels=3, id2label={0: "a", 1: "b", 2: "a"}), r"^model.id2label names must differ, but \['a'\] name more than one class"),
-    (dict(num_labels=2, id2label={0: "a", "x": "b"}), r"^model.id2label must have exactly the keys 0..1 .*got keys \[0, 'x'\]$"),
+    (dict(num_labels=1), r"^num_labels must be an integer >= 2, got 1$"),
+    (dict(num_labels=3, id2label={0: "a", 1: "b"}), r"^id2label must have exactly the keys 0..2 \(num_labels=3\), got keys \[0, 1\]$"),
+    (dict(num_labels=2, id2label={1: "a", 2: "b"}), r"^id2label must have exactly the keys 0..1 "),
+    (dict(num_labels=3, id2label={0: "a", 1: "b", 2: "a"}), r"^id2label names must differ, but \['a'\] name more than one class"),
+    (dict(num_labels=2, id2label={0: "a", "x": "b"}), r"^id2label must have exactly the keys 0..1 .*got keys \[0, 'x'\]$"),
 ], ids=["one-label", "too-few-names", "keys-from-1", "repeated-name", "key-not-a-number"])
 def test_bad_labels_are_refused_by_option(tiny_model_dir, kw, message):
     from lora_lightning.errors import OptionError

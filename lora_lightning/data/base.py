@@ -116,9 +116,10 @@ class TextClassificationDataModule(pl.LightningDataModule):
             in a new random order every epoch (``SortedLengthBatchSampler``: padding < 1.03x on SST-2),
             or ``megabatch``, transformers' grouping (``EpochLengthGroupedSampler``: sorted within
             mega-batches of 50 batches; ~1.09x).
-        sort_eval_by_length: run val/test/predict batches sorted by length (predictions are
-            written back in input order). With ``trainer.limit_val_batches`` / ``limit_test_batches``
-            below the whole set, the batches scored are the first rows in file order, sorted inside.
+        sort_eval_by_length: run val/test batches longest first (less padding; metrics don't depend on
+            order). ``predict`` runs in file order, so ``trainer.predict`` returns rows in input order. With
+            ``trainer.limit_val_batches`` / ``limit_test_batches`` below the whole set, the batches scored are
+            the first rows in file order, sorted among themselves.
         max_train_samples: use only the first N rows of the train split (for quick runs), N >= 1.
         max_eval_samples: use only the first N rows of the val and test splits, N >= 1.
         num_workers: DataLoader worker processes (0: in the main process).
@@ -501,16 +502,62 @@ class TextClassificationDataModule(pl.LightningDataModule):
         steps_into_epoch = trainer.global_step - trainer.current_epoch * steps_per_epoch
         return min(max(steps_into_epoch * accumulate, 0), n) % n
 
+    def eval_order(self, name: str) -> list[int] | None:
+        """The order in which ``val``/``test`` rows are scored: longest first (``sort_eval_by_length``: less padding;
+        metrics don't depend on order), or ``None`` for file order. ``predict`` is always in file order, so
+        ``trainer.predict`` returns rows in the order of ``predict_file``.
+
+        With ``trainer.limit_val_batches`` / ``limit_test_batches`` below the whole set, the rows Lightning will score
+        come first and are the first rows in file order (sorted by length among themselves), so that a partial
+        evaluation is a sample like the set, not its longest rows (C24); said in one line.
+        """
+        ds, hp = self.datasets[name], self.hparams
+        if name == "predict":
+            return None
+        lengths = ds["length"]
+        longest_first = lambda rows: sorted(rows, key=lengths.__getitem__, reverse=True)  # noqa: E731
+        scored = self._rows_scored(name, len(ds))
+        if scored < len(ds):
+            stage = {"val": "validation", "test": "test"}[name]
+            rank_zero_info(f"trainer.limit_{'val' if name == 'val' else 'test'}_batches: the {stage} scores the first "
+                           f"{scored:,} of {len(ds):,} {name} rows in file order ({option('data', 'max_eval_samples')} "
+                           "does the same for every run)")
+            head = list(range(scored))
+            tail = list(range(scored, len(ds)))
+            return (longest_first(head) + longest_first(tail)) if hp.sort_eval_by_length else head + tail
+        return longest_first(range(len(ds))) if hp.sort_eval_by_length else None
+
+    def _rows_scored(self, name: str, n: int) -> int:
+        """How many of ``n`` rows Lightning's ``limit_{val,test}_batches`` lets it score (all without a trainer)."""
+        trainer = getattr(self, "trainer", None)
+        limit = getattr(trainer, f"limit_{'val' if name == 'val' else 'test'}_batches", 1.0) if trainer else 1.0
+        world_size, _ = self._world()
+        per_rank = -(-n // world_size)
+        batches = -(-per_rank // self.hparams.eval_batch_size)
+        if isinstance(limit, int):
+            taken = min(limit, batches)
+        elif limit >= 1.0:
+            return n
+        else:
+            taken = max(int(batches * limit), 1) if limit > 0 else 0
+        return min(n, taken * self.hparams.eval_batch_size * world_size)
+
     def _loader(self, name: str, train: bool = False) -> DataLoader:
+        if name not in self.datasets:
+            stage = {"train": "fit", "val": "validate", "test": "test", "predict": "predict"}[name]
+            if self.tokenizer is None:
+                raise DataFileError(f"the data module is not set up: call setup({stage!r}) (or let a Trainer do it) "
+                                    f"before {name}_dataloader()")
+            if name == "test":
+                raise DataFileError(f"test needs labeled rows: pass {option('data', 'test_file')}")
         ds = self.datasets[name]
         hp = self.hparams
         collate = DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
         features = ds.remove_columns(["length", "full_length"])
         world_size, rank = self._world()
         if not train:
-            # Longest first, similar lengths together: less padding. Metrics don't depend on order;
             # PredictionWriter puts predictions back in input order from Lightning's batch indices.
-            order = sorted(range(len(ds)), key=ds["length"].__getitem__, reverse=True) if hp.sort_eval_by_length else None
+            order = self.eval_order(name)
             if world_size > 1:  # every sentence scored once across processes, none repeated
                 order = ShardedOrderSampler(order if order is not None else range(len(ds)), world_size, rank)
             return DataLoader(features, batch_size=hp.eval_batch_size, sampler=order, collate_fn=collate,
@@ -535,6 +582,6 @@ class TextClassificationDataModule(pl.LightningDataModule):
         return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        if "predict" not in self.datasets:
+        if "predict" not in self.datasets and self.tokenizer is not None:
             raise DataFileError(self._no_predict_rows)
         return self._loader("predict")

@@ -105,8 +105,10 @@ class SST2DataModule(TextClassificationDataModule):
         seed: seed of the train/val split and of the length-grouped shuffle.
         group_by_length: batch training sentences of similar length (less padding).
         length_grouping: ``sorted`` or ``megabatch``, as ``TextClassificationDataModule``'s.
-        sort_eval_by_length: run val/test/predict batches sorted by length (predictions are
-            written back in input order).
+        sort_eval_by_length: run val/test batches longest first (less padding; metrics don't depend on
+            order). ``predict`` runs in file order, so ``trainer.predict`` returns rows in input order. With
+            ``trainer.limit_val_batches`` / ``limit_test_batches`` below the whole set, the batches scored are
+            the first rows in file order, sorted among themselves.
         max_train_samples: use only the first N sentences of the train split (for quick runs), N >= 1.
         max_eval_samples: use only the first N sentences of the val and test splits, N >= 1.
         predict_file: a file to ``predict`` on instead of GLUE's ``test.tsv``: a UTF-8 text file of
