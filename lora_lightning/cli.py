@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
@@ -31,7 +32,9 @@ from lora_lightning.callbacks import ResumeSafeSaveConfig, interactive
 from lora_lightning.checkpoint import (LABEL_OPTIONS, STRUCTURE_OPTIONS, TRAINING_OPTIONS, check_checkpoint,
                                       normalise_hparam)
 from lora_lightning.data import SST2DataModule, TextClassificationDataModule
-from lora_lightning.errors import LoRALightningError, LoRALightningWarning, OneLineErrors, OptionError, command_line
+from lora_lightning.errors import (DataFileError, LoRALightningError, LoRALightningWarning, OneLineErrors, OptionError,
+                                   command_line)
+from lora_lightning.tables import not_found
 from lora_lightning.model import LoRAClassifier
 
 CONFIG_DIRS = (Path(__file__).resolve().parent / "configs",)
@@ -177,12 +180,22 @@ class LoRACLI(LightningCLI):
                     resumed[name] = run_data[name]
                     rank_zero_warn(f"--ckpt_path: the resumed run goes on with its own data.{name}={run_data[name]!r} "
                                    f"(not data.{name}={given!r} from the config / command line)", category=LoRALightningWarning)
+                elif name == "max_length":
+                    cut = "more" if given < run_data[name] else "fewer"
+                    rank_zero_warn(f"--ckpt_path: data.max_length={given!r} here, but the checkpoint's run trained with "
+                                   f"data.max_length={run_data[name]!r}: {cut} tokens of long rows are cut than in training, "
+                                   f"the sentences are the same (pass {match} to match it)", category=LoRALightningWarning)
                 else:
                     rank_zero_warn(f"--ckpt_path: data.{name}={given!r} here, but the checkpoint's run used "
                                    f"data.{name}={run_data[name]!r}, so this {subcommand} sees other sentences than "
                                    f"that run did (pass {match} to match it)", category=LoRALightningWarning)
         for name, value in resumed.items():
             data_args(self.config[subcommand])[name] = value
+        data = data_args(self.config[subcommand])
+        if subcommand != "fit" and "labels" in data and data.get("labels") is None and saved.get("id2label"):
+            # C26: the checkpoint decides the classes; test/predict read only the files they score
+            names = [saved["id2label"][k] for k in sorted(saved["id2label"], key=int)]
+            data["labels"] = names
 
     def instantiate_classes(self) -> None:
         """Lightning's, with an error of ours raised inside a class's ``__init__`` passed on as it is:
@@ -209,8 +222,65 @@ class LoRACLI(LightningCLI):
                 init["save_dir"] = str(Path(trainer["default_root_dir"]) / init["save_dir"])
         if self.subcommand == "fit" and config.get("ckpt_path") and init is not None and init.get("version") is None:
             self._continue_run_folder(Path(config["ckpt_path"]), init)
+        elif self.subcommand != "fit" and config.get("ckpt_path") and init is not None and init.get("version") is None:
+            self._evaluate_in_run_folder(Path(config["ckpt_path"]), init)
+        self._check_data_files(config)
         if trainer.get("enable_progress_bar") is None and not interactive():
             trainer["enable_progress_bar"] = False  # a file gets ProgressLog's plain lines instead
+
+    # the data files each subcommand reads (validate reads train_file when there is no validation_file)
+    STAGE_FILES = {"fit": ("train_file", "validation_file", "test_file"), "validate": ("validation_file",),
+                   "test": ("test_file",), "predict": ("predict_file",)}
+
+    def _check_data_files(self, config) -> None:
+        """Data file options as absolute paths (so a run's ``config.yaml`` resolves from any folder), and a missing
+        file the subcommand reads refused in one line: the option, the folder it was looked for in, and the config
+        that gave the value (an example file of a shipped config, or a run's config whose data has moved).
+
+        Raises:
+            DataFileError: a file the subcommand reads does not exist.
+        """
+        data = data_args(config)
+        names = [n for n in data.keys() if n.endswith("_file") or n == "data_dir"]
+        needed = list(self.STAGE_FILES.get(self.subcommand, ()))
+        if self.subcommand == "validate" and data.get("validation_file") is None:
+            needed.append("train_file")
+        for name in names:
+            value = data.get(name)
+            if value is None:
+                continue
+            path = Path(str(value)).expanduser()
+            if path.exists():
+                data[name] = str(path.resolve())
+            elif name in needed:
+                raise DataFileError(f"{not_found(f'data.{name}', path)}{self._source_of(config, name, value)}")
+
+    @staticmethod
+    def _source_of(config, name: str, value) -> str:
+        """`` (given by X: ...)`` naming the ``--config`` file that set ``data.<name>`` to ``value``, if one did."""
+        for cfg in reversed(config.get("config") or []):
+            cfg_path = Path(str(getattr(cfg, "absolute", cfg) or cfg))
+            try:
+                loaded = yaml.safe_load(cfg_path.read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                continue
+            data = loaded.get("data") or {}
+            if (data.get("init_args") or data).get(name) != value:
+                continue
+            if cfg_path.resolve().parent in [d.resolve() for d in CONFIG_DIRS]:
+                return (f"; the value is {cfg_path.name}'s example file: give --data.{name} your own file, "
+                        f"or --data.{name} null")
+            return f"; the value comes from {cfg_path}: give --data.{name} the file's path now, or --data.{name} null"
+        return ""
+
+    def _evaluate_in_run_folder(self, ckpt: Path, init) -> None:
+        """Log ``validate`` / ``test`` / ``predict --ckpt_path <run>/checkpoints/...`` inside that run's folder,
+        under ``<run>/<subcommand>/version_N``: apart from the training runs, beside the run they evaluate (its
+        metrics sit at the checkpoint's step)."""
+        run = ckpt.parent.parent
+        if ckpt.parent.name != "checkpoints" or not ((run / "hparams.yaml").is_file() or (run / "config.yaml").is_file()):
+            return
+        init["save_dir"], init["name"] = str(run), self.subcommand
 
     @staticmethod
     def _continue_run_folder(ckpt: Path, init) -> None:

@@ -20,6 +20,15 @@ FILLER = ["the", "film", "is", "a", "movie", "very", "plot", "acting", "and"]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+@pytest.fixture(autouse=True)
+def no_pytest_argv(monkeypatch):
+    """The CLI tests call LightningCLI with ``args=``; pytest's own arguments (``make test ARGS="-k cli"``) must not
+    look like the user's command line to it (it warns about both being given)."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+
+
 def tiny_config(**overrides) -> BertConfig:
     """hidden 32, 2 layers, 2 heads, intermediate 64, 512 positions."""
     kwargs = dict(vocab_size=len(SPECIAL + POSITIVE + NEGATIVE + FILLER), hidden_size=32, num_hidden_layers=2,

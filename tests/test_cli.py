@@ -1,5 +1,6 @@
 """The LightningCLI entry point (cli.py) and the YAML configs."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lora_lightning.cli import cli_main, main
+from lora_lightning.errors import DataFileError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -85,10 +87,10 @@ def test_fit_validate_test_on_real_data(tmp_path, glue_dir, packaged_model):
 
 @pytest.mark.parametrize("extra, message", [
     (["--data.data_dir", "/nonexistent/SST-2"], "error: data.data_dir: SST-2 folder /nonexistent/SST-2 does not exist"),
-    (["--model.r", "0"], "error: model: r must be an integer >= 1, got r=0"),
-    (["--model.lora_alpha", "-1"], "error: model: lora_alpha must be > 0, got lora_alpha=-1"),
-    (["--model.lora_dropout", "1.5"], "error: model: lora_dropout must be in [0, 1), got lora_dropout=1.5"),
-    (["--model.target_modules", "[nonexistent]"], "error: model: target_modules ['nonexistent'] matched no nn.Linear"),
+    (["--model.r", "0"], "error: model.r must be an integer >= 1, got r=0"),
+    (["--model.lora_alpha", "-1"], "error: model.lora_alpha must be > 0, got lora_alpha=-1"),
+    (["--model.lora_dropout", "1.5"], "error: model.lora_dropout must be in [0, 1), got lora_dropout=1.5"),
+    (["--model.target_modules", "[nonexistent]"], "error: model.target_modules ['nonexistent'] matched no nn.Linear"),
     (["--data.val_fraction", "1.5"], "error: data.val_fraction must be in (0, 1), got 1.5"),
     (["--model.model_name_or_path", "no-org/no-model"], "error: model.model_name_or_path='no-org/no-model': could not load"),
 ])
@@ -270,13 +272,62 @@ def test_own_data_fit_test_predict_export(tmp_path, monkeypatch, three_class_dir
     assert main(["export", "--ckpt_path", best.best_model_path, "--output_dir", str(tmp_path / "merged")]) == 0
     out = pipeline("text-classification", model=str(tmp_path / "merged"))(["the film is awful", "a superb movie"])
     assert {o["label"] for o in out} <= set(names.values())
-    # another label set in the data than the checkpoint's: one line naming both
+    # another label set in the test file than the checkpoint's: one line naming the file's line, its label and the classes
     (tmp_path / "other.csv").write_text("text,label\nfine,a\nbad,b\ngood,c\n")
     capsys.readouterr()
     other = [f"--data.{k}_file={tmp_path / 'other.csv'}" for k in ("train", "validation", "test")]
     assert main(["test", *common, *other, "--ckpt_path", best.best_model_path]) == 2
     err = capsys.readouterr().err
-    assert "['complaint', 'praise', 'rave']" in err and "['a', 'b', 'c']" in err and err.count("\n") == 1
+    assert "other.csv, line 2: label 'a' is not one of the classes data.labels=['complaint', 'praise', 'rave']" in err
+    assert err.count("\n") == 1
+
+
+def test_predict_needs_only_the_checkpoint_and_its_file(tmp_path, monkeypatch, three_class_dir, tiny_model_dir):
+    """C26: fit on data/train.csv from one folder; move data/ away; from another folder, predict and test with the
+    run's config.yaml take the classes from the checkpoint and read only the file they score; a file that is gone
+    is one line naming the folder looked in and the config the value came from."""
+    import shutil
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    (work / "data").mkdir(parents=True), elsewhere.mkdir()
+    for name in ("train.csv", "validation.jsonl", "test.parquet"):
+        shutil.copy(three_class_dir / name, work / "data" / name)
+    monkeypatch.chdir(work)
+    cli = cli_main(["fit", "--config", "own-data.yaml", "--model.model_name_or_path", tiny_model_dir,
+                    "--data.train_file", "data/train.csv", "--data.validation_file", "data/validation.jsonl",
+                    "--data.test_file", "data/test.parquet", "--data.predict_file", "null",
+                    "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"])
+    run = Path(cli.trainer.log_dir).resolve()
+    best = Path(cli.trainer.checkpoint_callback.best_model_path).resolve()
+    saved = yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"]
+    assert saved["train_file"] == str(work / "data" / "train.csv")  # absolute: the run's config resolves anywhere
+    shutil.copy(work / "data" / "test.parquet", elsewhere / "test.parquet")
+    shutil.move(work / "data", tmp_path / "moved")
+    monkeypatch.chdir(elsewhere)
+    (elsewhere / "new.txt").write_text("the film is awful\na superb movie\n")
+    predicted = cli_main(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(best),
+                          "--data.predict_file", "new.txt"])
+    out = Path(predicted.trainer.log_dir)
+    assert out.parent == run / "predict"  # an evaluation run logs inside the run it evaluates
+    rows = (out / "predictions.tsv").read_text().splitlines()
+    assert len(rows) == 3 and {r.split("\t")[1] for r in rows[1:]} <= {"complaint", "praise", "rave"}
+    tested = cli_main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(best),
+                       "--data.test_file", "test.parquet"])
+    assert "test_acc" in tested.trainer.callback_metrics
+    with pytest.raises(DataFileError, match=rf"^data.test_file: {re.escape(str(work / 'data' / 'test.parquet'))}: file not "
+                                            rf"found; the value comes from {re.escape(str(run / 'config.yaml'))}: give "
+                                            r"--data.test_file the file's path now, or --data.test_file null$"):
+        cli_main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(best)])
+
+
+def test_example_file_not_found_says_where_it_came_from(tmp_path, monkeypatch, tiny_model_dir):
+    """A newcomer's first hour: own-data.yaml run from another folder; its example train file is not there. The
+    error names the folder looked in and that the value is own-data.yaml's example."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataFileError, match=rf"^data.train_file: examples/support-tickets/train.csv: file not found "
+                                            rf"\(looked for in {re.escape(str(tmp_path))}\); the value is own-data.yaml's "
+                                            r"example file: give --data.train_file your own file, or --data.train_file null$"):
+        cli_main(["fit", "--config", "own-data.yaml", "--model.model_name_or_path", tiny_model_dir])
 
 
 def test_shipped_own_data_example_reads(monkeypatch):

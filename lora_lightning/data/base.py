@@ -270,8 +270,10 @@ class TextClassificationDataModule(pl.LightningDataModule):
             check_text(table, column)
         values = label_values(table, self.label_column)
         label2id = {v: i for i, v in enumerate(self.label_values)}
-        source = "the classes" if self.hparams.get("labels") is not None else f"{option('data', 'train_file')}'s labels"
-        ids = encode_labels(table, values, label2id, f"one of {source} {self.label_values}")
+        known = (f"one of the classes {option('data', 'labels')}={self.label_values} (with --ckpt_path: the checkpoint's)"
+                 if self.hparams.get("labels") is not None else
+                 f"one of {option('data', 'train_file')}'s labels {self.label_values}")
+        ids = encode_labels(table, values, label2id, known)
         texts = table.dataset(self.text_columns)
         if group:
             groups = [f"\0row {i}" if v is None else str(v) for i, v in enumerate(table[self.group_column])]
