@@ -5,7 +5,9 @@
 - ``merged``: LoRA folded into the weights (``W0 + lora_alpha / r * B A``), saved as a plain Hugging
   Face folder (``config.json`` with the K classes' ``id2label``/``label2id``, ``model.safetensors``,
   tokenizer files) that ``AutoModelForSequenceClassification`` and ``pipeline("text-classification")``
-  load as is (the pipeline answers with the class names).
+  load as is (the pipeline answers with the class names). The tokenizer's ``model_max_length`` is the
+  run's ``data.max_length``, so ``pipeline(..., truncation=True)`` cuts long texts where the run did
+  (a pipeline never truncates unless asked; a text longer than the model's positions then fails).
 - ``adapter``: the PEFT LoRA format (``adapter_config.json`` + ``adapter_model.safetensors``; every
   module trained in full, e.g. DistilBERT's ``pre_classifier`` and ``classifier``, listed in
   ``modules_to_save`` and its tensors under their plain names, as PEFT saves them), which
@@ -32,20 +34,7 @@ from transformers import AutoTokenizer
 
 from lora_lightning.errors import OptionError, OutputExistsError
 from lora_lightning.hub import resolve_model_path
-from lora_lightning.lora import LORA_PARAMETERS, LoRALinear
-
-
-def unwrap_lora(model: nn.Module) -> nn.Module:
-    """Merge every ``LoRALinear`` and put its ``base_layer`` back in its place (in place).
-
-    Returns ``model``, now made of plain ``nn.Linear`` layers, with the same outputs.
-    """
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoRALinear):
-            module.merge()
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, module.base_layer)
-    return model
+from lora_lightning.lora import LORA_PARAMETERS, LoRALinear, merge_and_unload
 
 
 def peft_adapter(model: nn.Module, hparams: dict, modules_to_save: list[str]) -> tuple[dict, dict]:
@@ -117,19 +106,23 @@ def export(
     out = Path(output_dir)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"output_dir {out} exists: pass --overwrite true to replace it")
-    check_checkpoint(ckpt_path)
+    ckpt = check_checkpoint(ckpt_path)
+    max_length = ckpt.get("datamodule_hyper_parameters", {}).get("max_length")
     module = LoRAClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     if format == "adapter" and module.hparams.finetune == "full":
         raise OptionError(f"--format adapter: {ckpt_path} was trained with model.finetune=full, so it has no "
                           "LoRA adapter; use --format merged (a plain transformers folder)")
     model = module.model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(module.hparams.model_name_or_path))
+    base_path = resolve_model_path(module.hparams.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    if max_length is not None:  # the run's cut: `truncation=True` then cuts where the run did
+        tokenizer.model_max_length = int(max_length)
     # Write next to the target, then swap it in: a failed export leaves the old folder intact.
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         if format == "merged":
-            unwrap_lora(model).save_pretrained(tmp, safe_serialization=True)
+            merge_and_unload(model).save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
         elif format == "adapter":
             config, tensors = peft_adapter(model, dict(module.hparams), module.modules_to_save)
@@ -149,15 +142,20 @@ def export(
         if tmp.exists():
             shutil.rmtree(tmp)
     print(f"Wrote the {format} export of {ckpt_path} to {out}/")
+    cut = f"  # cuts at {max_length} tokens, as the run did" if max_length is not None else ""
     if format == "adapter":
-        print(f"Load it with peft.PeftModel.from_pretrained({base_model_call(dict(module.hparams), module.model.config.id2label)}, "
+        print(f"Load it with peft.PeftModel.from_pretrained({base_model_call(base_path, module.model.config.id2label)}, "
               f"{str(out)!r})")
+    else:
+        print(f'Load it with pipeline("text-classification", model={str(out)!r}, truncation=True){cut}')
     return out
 
 
-def base_model_call(hparams: dict, id2label: dict[int, str]) -> str:
-    """The transformers call that builds the base an adapter export loads into: its K labels, named."""
-    return (f"AutoModelForSequenceClassification.from_pretrained({hparams['model_name_or_path']!r}, "
+def base_model_call(base: str, id2label: dict[int, str]) -> str:
+    """The transformers call that builds the base an adapter export loads into, from ``base`` (where this run
+    loaded it: a local folder, or the packaged model's, so the line works offline where the run did), with
+    the K labels named."""
+    return (f"AutoModelForSequenceClassification.from_pretrained({base!r}, "
             f"num_labels={len(id2label)}, id2label={dict(id2label)!r})")
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "mark_only_lora_as_trainable",
     "merge_lora",
     "unmerge_lora",
+    "merge_and_unload",
     "count_parameters",
     "matches_target",
 ]
@@ -115,8 +116,25 @@ class LoRALinear(nn.Module):
         self.lora_dropout = Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.merged = False
         self._unmerged_weight: torch.Tensor | None = None  # the exact base weight while merged
+        self._merge_after_load = False
         self.reset_lora_parameters()
         self.train(base_layer.training)  # a new module defaults to training mode; follow the layer it wraps
+        # A state dict always holds the unmerged W0 beside A and B, merged or not, so loading it anywhere applies
+        # the update once; loading into a merged layer unmerges, loads, and merges the new values again.
+        self.register_state_dict_post_hook(_save_unmerged)
+        self.register_load_state_dict_pre_hook(_unmerge_before_load)
+        self.register_load_state_dict_post_hook(_merge_after_load)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The wrapped layer's weight ``(out_features, in_features)`` (merged or not, as ``merged`` says), for
+        code that reads ``layer.weight`` (its dtype, device or shape), as PEFT's LoRA layers give it."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The wrapped layer's bias ``(out_features,)``, or ``None``."""
+        return self.base_layer.bias
 
     def reset_lora_parameters(self) -> None:
         """A: Kaiming-uniform with ``a=sqrt(5)`` (as ``nn.Linear`` inits its weight); B: zeros;
@@ -194,6 +212,24 @@ class LoRALinear(nn.Module):
         return f"r={self.r}, lora_alpha={self.lora_alpha:g}, scaling={self.scaling:g}{variants}, merged={self.merged}"
 
 
+def _save_unmerged(module: LoRALinear, state_dict: dict, prefix: str, local_metadata) -> None:
+    """State-dict post-hook: a merged layer saves its exact unmerged ``base_layer.weight``."""
+    if module.merged:
+        state_dict[prefix + "base_layer.weight"] = module._unmerged_weight.detach().clone()
+
+
+def _unmerge_before_load(module: LoRALinear, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+    """Load pre-hook: a merged layer is unmerged first (the state dict holds unmerged weights), merged again after."""
+    module._merge_after_load = module.merged
+    module.unmerge()
+
+
+def _merge_after_load(module: LoRALinear, incompatible_keys) -> None:
+    if module._merge_after_load:
+        module._merge_after_load = False
+        module.merge()
+
+
 def check_lora_args(r: int, lora_alpha: float, lora_dropout: float) -> None:
     """Raise one ``ValueError`` naming the first LoRA option out of range."""
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
@@ -265,13 +301,14 @@ def inject_lora(
     return replaced
 
 
-def mark_only_lora_as_trainable(model: nn.Module, modules_to_save: Sequence[str] = ("classifier",)) -> list[str]:
+def mark_only_lora_as_trainable(model: nn.Module, modules_to_save: Sequence[str] | str = ("classifier",)) -> list[str]:
     """Freeze every parameter except ``lora_A`` / ``lora_B`` (/ ``lora_magnitude``) and those of ``modules_to_save``.
 
     Args:
         model: a module with LoRA injected; changed in place.
-        modules_to_save: module names or name suffixes (same rule as ``target_modules``) that
-            train in full, e.g. the task head ``classifier``.
+        modules_to_save: modules that train in full, e.g. the task head ``classifier``; a string is one name.
+            PEFT's rule for them (``_set_trainable``): a module whose qualified name ends with an entry, so
+            ``classifier`` also trains DistilBERT's new ``pre_classifier``, as PEFT's ``SEQ_CLS`` does.
 
     Returns:
         The names of the trainable parameters.
@@ -281,11 +318,13 @@ def mark_only_lora_as_trainable(model: nn.Module, modules_to_save: Sequence[str]
     """
     if not any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("model has no LoRA layers: call inject_lora first")
+    if isinstance(modules_to_save, str):
+        modules_to_save = [modules_to_save]
     module_names = [name for name, _ in model.named_modules()]
-    unmatched = [t for t in modules_to_save if not any(matches_target(n, [t]) for n in module_names)]
+    unmatched = [t for t in modules_to_save if not any(n.endswith(t) for n in module_names if n)]
     if unmatched:
         raise ValueError(f"modules_to_save {unmatched} matched no module of {type(model).__name__}")
-    saved_prefixes = [n + "." for n in module_names if n and matches_target(n, modules_to_save)]
+    saved_prefixes = [n + "." for n in module_names if n and any(n.endswith(t) for t in modules_to_save)]
     trainable = []
     for name, p in model.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
@@ -297,7 +336,10 @@ def mark_only_lora_as_trainable(model: nn.Module, modules_to_save: Sequence[str]
 
 
 def merge_lora(model: nn.Module) -> None:
-    """``merge()`` every ``LoRALinear`` in ``model`` (idempotent)."""
+    """``merge()`` every ``LoRALinear`` in ``model`` (idempotent), in place: the wrappers stay, so
+    ``unmerge_lora`` can take the update out again. Their state-dict keys stay the wrapper's
+    (``query.base_layer.weight``): to save a model that transformers loads as a plain one, use
+    ``merge_and_unload`` (then ``save_pretrained``)."""
     for m in model.modules():
         if isinstance(m, LoRALinear):
             m.merge()
@@ -308,6 +350,23 @@ def unmerge_lora(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, LoRALinear):
             m.unmerge()
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Merge every ``LoRALinear`` and put its ``base_layer`` back in its place (in place), as PEFT's
+    ``merge_and_unload`` does: ``model`` is then made of plain ``nn.Linear`` layers with the same outputs, and its
+    ``state_dict`` / ``save_pretrained`` have the original model's keys (``query.weight``), which
+    ``from_pretrained`` loads. There is no way back: the LoRA tensors are gone.
+
+    Returns:
+        ``model``.
+    """
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.base_layer)
+    return model
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -572,6 +572,11 @@ class LoRAClassifier(pl.LightningModule):
         if kwargs:
             saved = read_hyperparameters(checkpoint_path)
             overrides = {k: v for k, v in kwargs.items() if k in STRUCTURE_OPTIONS + LABEL_OPTIONS}
+            trained = saved.get("num_labels", 2)
+            if "num_labels" in overrides and overrides["num_labels"] != trained:
+                raise CheckpointError(f"checkpoint was trained with num_labels={trained} but this model has "
+                                      f"num_labels={overrides['num_labels']}, which changes what its weights mean: "
+                                      "leave num_labels out of load_from_checkpoint")
             if overrides:
                 check_options(saved, {**saved, **overrides})
         model = super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
