@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
@@ -31,7 +32,10 @@ class ModelCheckpoint(_LightningModelCheckpoint):
       last completed step, to resume from with ``fit --ckpt_path .../last.ckpt``.
 
     Arguments are Lightning's; the state key is Lightning's (``ModelCheckpoint{...}``), so
-    checkpoints written with either class resume with either.
+    checkpoints written with either class resume with either. Built on Lightning's public API only:
+    ``trainer.save_checkpoint`` writes ``last.ckpt`` (atomically, as Lightning's own saves), the public
+    ``on_save_checkpoint`` hook tells at which step anything was last saved, and Lightning's "directory
+    exists and is not empty" warning is filtered for a run resumed into its own folder.
 
     Evaluation runs (``validate``/``test``/``predict --ckpt_path``) do not reload this callback's
     state: it only describes the training run's folder (Lightning would warn "The dirpath has
@@ -39,22 +43,18 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     """
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._stage, self._dir_not_empty = stage, None
-        super().setup(trainer, pl_module, stage)
+        self._stage, self._saved_step = stage, None
+        with warnings.catch_warnings():
+            if stage == "fit" and trainer.ckpt_path:  # resuming: the folder's checkpoints are this run's
+                warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty")
+            super().setup(trainer, pl_module, stage)
 
-    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath) -> None:  # Lightning's private check, deferred:
-        # a run resumed into its own folder finds its checkpoints there; only a fresh run is warned (on_fit_start)
-        if self.save_top_k != 0 and os.path.isdir(dirpath) and os.listdir(dirpath):
-            self._dir_not_empty = dirpath
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._dir_not_empty:
-            rank_zero_warn(f"Checkpoint directory {self._dir_not_empty} exists and is not empty.")
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self._saved_step = trainer.global_step  # a checkpoint (any: top-k, last, the user's) is written at this step
 
     def load_state_dict(self, state_dict: dict) -> None:
         if getattr(self, "_stage", "fit") != "fit":
             return
-        self._dir_not_empty = None  # resuming: the folder's checkpoints are this run's
         saved_dir = state_dict.get("dirpath", self.dirpath)
         if saved_dir and self.dirpath and os.path.realpath(saved_dir) == os.path.realpath(self.dirpath):
             # the same folder, perhaps spelled otherwise (relative / absolute): paths in this run's spelling
@@ -70,15 +70,20 @@ class ModelCheckpoint(_LightningModelCheckpoint):
                        f"{saved_dir} (best so far: {state_dict.get('best_model_path')})")
         self.best_model_path = state_dict["best_model_path"]
 
+    def write_last(self, trainer: pl.Trainer) -> None:
+        """Write ``<dirpath>/last.ckpt`` now (``trainer.save_checkpoint``: atomic, every rank takes part)."""
+        path = os.path.join(self.dirpath, f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
+        trainer.save_checkpoint(path, self.save_weights_only)
+        self.last_model_path = path
+
     def _save_last_if_behind(self, trainer: pl.Trainer) -> None:
-        # _should_skip_saving_checkpoint is true when something (top-k, hence last too) was saved at this step
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if (self.save_last and self.dirpath and trainer.state.fn == "fit" and not trainer.sanity_checking
+                and not trainer.fast_dev_run and self._saved_step != trainer.global_step):
+            self.write_last(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):  # else on_train_epoch_end saves, top-k first
-            self._save_last_if_behind(trainer)
+        self._save_last_if_behind(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
@@ -90,14 +95,14 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, LoRALightningError) or trainer.state.fn != "fit" or trainer.sanity_checking:
             return  # a diverged loss: the checkpoints saved before it are the ones worth keeping
-        if self.save_last and self._last_global_step_saved != trainer.global_step:
+        if self.save_last and self.dirpath and self._saved_step != trainer.global_step:
             # Lightning steps per-step schedulers after on_train_batch_end: an interrupt in between leaves
             # the schedule one step behind the optimizer. Catch it up, so the saved state is consistent.
             for config in trainer.lr_scheduler_configs:
                 if config.interval == "step" and config.frequency == 1:
                     while getattr(config.scheduler, "last_epoch", trainer.global_step) < trainer.global_step:
                         config.scheduler.step()
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self.write_last(trainer)
             rank_zero_info(f"{type(exception).__name__}: saved the state at step {trainer.global_step} to "
                            f"{self.last_model_path}; resume with fit --ckpt_path {self.last_model_path}")
 

@@ -646,7 +646,8 @@ class LoRAClassifier(pl.LightningModule):
             scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
         from pytorch_lightning.callbacks import Timer
 
-        timers = [c for c in self.trainer.callbacks if isinstance(c, Timer) and c._duration is not None]
+        timers = [c for c in self.trainer.callbacks if isinstance(c, Timer) and c.time_remaining() is not None]
         if timers:
-            rank_zero_warn(f"trainer.max_time={timers[0]._duration:.0f} s: the learning rate decays over {int(total)} steps "
+            duration = timers[0].time_remaining() + timers[0].time_elapsed()
+            rank_zero_warn(f"trainer.max_time={duration:.0f} s: the learning rate decays over {int(total)} steps "
                            "(max_epochs / max_steps); a run stopped by max_time ends before the decay does", category=LoRALightningWarning)
