@@ -35,7 +35,8 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     checkpoints written with either class resume with either. Built on Lightning's public API only:
     ``trainer.save_checkpoint`` writes ``last.ckpt`` (atomically, as Lightning's own saves), the public
     ``on_save_checkpoint`` hook tells at which step anything was last saved, and Lightning's "directory
-    exists and is not empty" warning is filtered for a run resumed into its own folder.
+    exists and is not empty" warning is held back until ``on_fit_start`` and dropped for a run resumed into
+    its own folder.
 
     Evaluation runs (``validate``/``test``/``predict --ckpt_path``) do not reload this callback's
     state: it only describes the training run's folder (Lightning would warn "The dirpath has
@@ -44,10 +45,20 @@ class ModelCheckpoint(_LightningModelCheckpoint):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._stage, self._saved_step = stage, None
-        with warnings.catch_warnings():
-            if stage == "fit" and trainer.ckpt_path:  # resuming: the folder's checkpoints are this run's
-                warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty")
+        # Lightning warns here when the folder holds checkpoints; a run resumed into its own folder finds its own
+        # there (known only once load_state_dict runs): hold the warning back until on_fit_start
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             super().setup(trainer, pl_module, stage)
+        self._held = [w for w in caught if "exists and is not empty" in str(w.message)]
+        for w in caught:
+            if w not in self._held:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for w in getattr(self, "_held", []):
+            rank_zero_warn(str(w.message))
+        self._held = []
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         self._saved_step = trainer.global_step  # a checkpoint (any: top-k, last, the user's) is written at this step
@@ -55,6 +66,7 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     def load_state_dict(self, state_dict: dict) -> None:
         if getattr(self, "_stage", "fit") != "fit":
             return
+        self._held = []  # resuming: the folder's checkpoints are this run's
         saved_dir = state_dict.get("dirpath", self.dirpath)
         if saved_dir and self.dirpath and os.path.realpath(saved_dir) == os.path.realpath(self.dirpath):
             # the same folder, perhaps spelled otherwise (relative / absolute): paths in this run's spelling

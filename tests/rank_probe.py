@@ -46,3 +46,15 @@ class SaveMetrics(pl.Callback):
 
     def on_test_end(self, trainer, pl_module) -> None:
         self._save(trainer, "test")
+
+
+class ScoreByEpoch(pl.Callback):
+    """Makes the monitored ``val_acc`` of epoch e be ``scores[e]`` (C28: the condition a test needs is forced, not
+    hoped for from a toy run): runs before ModelCheckpoint, which Lightning always calls last."""
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = list(scores)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            trainer.callback_metrics["val_acc"] = torch.tensor(self.scores[trainer.current_epoch])

@@ -432,3 +432,109 @@ def test_predict_without_rows_says_which_option(three_class_dir, tiny_model_dir)
     dm.setup("predict")
     with pytest.raises(DataFileError, match=r"predict needs rows to predict: pass --data.predict_file"):
         dm.predict_dataloader()
+
+
+# --- issue 20: the val split by source sentence, groups and duplicates; issue 18: truncation, partial evaluation ---
+def test_real_sst2_val_split_by_sentence(glue_dir, packaged_model):
+    """The default split holds out whole source sentences: none of its val phrases occurs inside a train phrase
+    (counted independently, as whole words), ~10% of the rows, the same for the same seed; said in one line."""
+    from conftest import log_records
+    from lora_lightning.data.splits import phrase_overlap
+
+    with log_records("pytorch_lightning") as records:
+        dm = make_dm(packaged_model, glue_dir)
+    assert len(dm.datasets["train"]) + len(dm.datasets["val"]) == 67_349 and 0.10 <= len(dm.datasets["val"]) / 67_349 < 0.102
+    line = [r.getMessage() for r in records if "val split by source sentence" in r.getMessage()]
+    assert len(line) == 1 and "val phrases inside a train phrase: 0.0%" in line[0]
+    train, val = dm.split_val(read_split(Path(glue_dir) / "train.tsv", labeled=True))  # the same split, as text
+    assert len(val) == len(dm.datasets["val"]) and phrase_overlap(train["sentence"], val["sentence"]) == 0.0
+    again = SST2DataModule(packaged_model, data_dir=glue_dir).split_val(read_split(Path(glue_dir) / "train.tsv", labeled=True))
+    assert again[1]["sentence"] == val["sentence"]
+
+
+def test_own_data_group_column_keeps_groups_whole(tmp_path, tiny_model_dir):
+    """data.group_column: every review id on one side of the val split."""
+    import csv
+
+    rows = [(f"the film is {'good' if i % 2 else 'bad'} part {j}", i % 2, f"r{i}") for i in range(30) for j in range(3)]
+    with (tmp_path / "train.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([("text", "label", "review_id"), *rows])
+    dm = TextClassificationDataModule(str(tmp_path / "train.csv"), group_column="review_id", val_fraction=0.2,
+                                      model_name_or_path=tiny_model_dir)
+    train, val = dm.split_val(dm.load_raw(("train",))["train"])
+    assert set(train["group"]).isdisjoint(val["group"]) and len(val) >= 18 and len(val) % 3 == 0
+    dm.setup("fit")
+    assert len(dm.datasets["val"]) == len(val)
+    with pytest.raises(DataFileError, match=r"missing column\(s\) \['source'\].*group_column='source'"):
+        TextClassificationDataModule(str(tmp_path / "train.csv"), group_column="source",
+                                     model_name_or_path=tiny_model_dir).setup("fit")
+
+
+def test_duplicate_texts_between_splits_are_said(tmp_path, tiny_model_dir):
+    """One warning per split with the count and two examples (case and spacing ignored)."""
+    (tmp_path / "train.csv").write_text("text,label\nGreat film,1\nbad plot,0\nfine,1\ndull,0\n")
+    (tmp_path / "val.csv").write_text("text,label\ngreat  film,1\nnew one,0\n")
+    (tmp_path / "test.csv").write_text("text,label\nBAD PLOT,0\nfine,1\nother,1\n")
+    dm = TextClassificationDataModule(str(tmp_path / "train.csv"), validation_file=str(tmp_path / "val.csv"),
+                                      test_file=str(tmp_path / "test.csv"), model_name_or_path=tiny_model_dir)
+    with pytest.warns(UserWarning) as caught:
+        dm.setup("fit")
+    said = [str(w.message) for w in caught if "also in train" in str(w.message)]
+    assert len(said) == 2
+    assert said[0].startswith("1 of 2 val rows (validation_file) have a text that is also in train") and "'great  film'" in said[0]
+    assert said[1].startswith("2 of 3 test rows (test_file)") and "['BAD PLOT', 'fine']" in said[1]
+
+
+def test_truncation_is_said_with_the_lengths(tmp_path, tiny_model_dir):
+    """A newcomer's first hour: how many rows max_length cuts, per split, with the median and 95th percentile."""
+    long = " ".join(["the film is very good"] * 10)  # 50 words: 52 tokens
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"{long if i < 3 else 'bad'},{i % 2}\n" for i in range(10)))
+    (tmp_path / "p.txt").write_text(f"{long}\nfine\n")
+    dm = TextClassificationDataModule(str(tmp_path / "train.csv"), predict_file=str(tmp_path / "p.txt"), max_length=16,
+                                      val_fraction=0.5, model_name_or_path=tiny_model_dir)
+    with pytest.warns(UserWarning, match=r"^max_length=16 tokens cuts .*train rows.*; tokens per row: median 3, "
+                                         r"95th percentile 52: a larger max_length keeps more"):
+        dm.setup("fit")
+    with pytest.warns(UserWarning, match=r"^max_length=16 tokens cuts 1 of 2 predict rows \(50%\); tokens per row: "
+                                         r"median 52, 95th percentile 52"):
+        dm.setup("predict")
+
+
+def test_partial_validation_scores_rows_in_file_order(tmp_path, tiny_model_dir):
+    """C24: 16 val rows alternating short neg / long pos, batches of 4, limit_val_batches=0.5: the 8 rows scored are
+    the first 8 in file order (4 of each), not the 8 longest; said in one line."""
+    import pytorch_lightning as pl
+
+    from conftest import log_records, quiet_trainer
+    from lora_lightning.model import LoRAClassifier
+
+    rows = [("bad", "neg") if i % 2 == 0 else (" ".join(["the film is good"] * 5), "pos") for i in range(16)]
+    (tmp_path / "train.csv").write_text("text,label\nbad,neg\ngood,pos\n")
+    (tmp_path / "val.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    dm = TextClassificationDataModule(str(tmp_path / "train.csv"), validation_file=str(tmp_path / "val.csv"),
+                                      eval_batch_size=4, model_name_or_path=tiny_model_dir)
+
+    class Seen(pl.Callback):
+        labels = []
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            self.labels += batch["labels"].tolist()
+
+    seen = Seen()
+    with log_records("pytorch_lightning") as records:
+        quiet_trainer(limit_val_batches=0.5, callbacks=[seen]).validate(
+            LoRAClassifier(tiny_model_dir, id2label={0: "neg", 1: "pos"}), dm, verbose=False)
+    assert sorted(seen.labels) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert any("scores the first 8 of 16 val rows in file order" in r.getMessage() for r in records)
+
+
+def test_quoted_tsv_trains(tmp_path, tiny_model_dir):
+    """C27 end to end: a pandas-written TSV of reviews with tabs and line breaks inside quoted fields is read one
+    row per record (the data module's default tsv_quoting=auto)."""
+    import pandas as pd
+
+    reviews = [("Fine book.\n\tRead it twice.", "pos"), ('A "so-so" read', "neg")] * 6
+    pd.DataFrame(reviews, columns=["text", "label"]).to_csv(tmp_path / "train.tsv", sep="\t", index=False)
+    dm = TextClassificationDataModule(str(tmp_path / "train.tsv"), val_fraction=0.5, model_name_or_path=tiny_model_dir)
+    dm.setup("fit")
+    assert dm.id2label == {0: "neg", 1: "pos"} and len(dm.datasets["train"]) + len(dm.datasets["val"]) == 12
