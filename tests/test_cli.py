@@ -83,6 +83,23 @@ def test_fit_validate_test_on_real_data(tmp_path, glue_dir, packaged_model):
     assert 0.6 < float(tested.trainer.callback_metrics["test_acc"]) <= 1.0
     state = torch.load(best, map_location="cpu", weights_only=True)
     assert state["hyper_parameters"]["r"] == 4
+    # TensorBoard: the evaluation runs sit inside the run they evaluate, their points at the checkpoint's step
+    for stage, tag in (("validate", "val_acc"), ("test", "test_acc")):
+        (board,) = (log_dir / stage).glob("version_*/events.out.tfevents.*")
+        events = EventAccumulator(str(board))
+        events.Reload()
+        assert [e.step for e in events.Scalars(tag)] == [state["global_step"]]
+    assert sorted(p.name for p in log_dir.parent.iterdir()) == [log_dir.name]  # no new version beside the run
+
+
+def test_hparams_tab_shows_options_not_internals():
+    """The HPARAMS tab: no LightningCLI internals (_class_path, _instantiator), booleans and None as words."""
+    from lora_lightning.model import hparams_for_board
+
+    shown = hparams_for_board({"r": 4, "_instantiator": "x", "data._class_path": "y", "use_dora": False,
+                               "loraplus_lr_ratio": None, "target_modules": ["query", "value"], "learning_rate": 1e-3})
+    assert shown == {"r": 4, "use_dora": "false", "loraplus_lr_ratio": "null", "target_modules": "['query', 'value']",
+                     "learning_rate": 1e-3}
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -205,6 +222,9 @@ def test_resumed_fit_keeps_the_checkpoints_optimizer_and_data_options(tmp_path, 
     assert any("using the checkpoint's model.learning_rate=0.01, not model.learning_rate=0.5" in m for m in messages)
     assert any("the resumed run goes on with its own data.max_train_samples=None (not data.max_train_samples=50" in m
                for m in messages)
+    # another length: the schedule is resized, and said with both lengths (tiny_ckpt: 6 steps; this run: 8)
+    assert any(m.startswith("resuming at step 6: the learning-rate schedule was 6 steps long (0 of warm-up) and is now 8")
+               for m in messages), messages
     assert cli.model.hparams.learning_rate == 0.01 and cli.trainer.global_step == 8
     assert cli.datamodule.hparams.max_train_samples is None and len(cli.datamodule.datasets["train"]) == 180
 
@@ -353,3 +373,32 @@ def test_data_options_and_empty_ckpt_path_are_one_line(extra, message, capsys):
     assert main(["test" if "--ckpt_path" in extra else "fit", "--config", str(ROOT / "configs/sst2.yaml"), *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_label_codes_come_back_as_written(tmp_path, monkeypatch, tiny_model_dir):
+    """C23: labels 01, 02, 10 (zero-padded codes) are three classes named as written in the checkpoint, the
+    predictions and the merged export's pipeline, never the integers 1, 2, 10; predict takes
+    --data.train_file null (C26)."""
+    from transformers import pipeline
+
+    from conftest import three_class_rows
+
+    monkeypatch.chdir(tmp_path)
+    codes = {"complaint": "01", "praise": "02", "rave": "10"}
+
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"{t},{codes[y]}\n" for t, y in three_class_rows(120)))
+    (tmp_path / "new.txt").write_text("the film is awful\na superb movie\n")
+    cli = cli_main(["fit", "--config", "own-data.yaml", "--model.model_name_or_path", tiny_model_dir,
+                    "--data.train_file", "train.csv", "--data.test_file", "null", "--data.predict_file", "null",
+                    "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"])
+    names = {0: "01", 1: "02", 2: "10"}
+    last = cli.trainer.checkpoint_callback.last_model_path
+    assert torch.load(last, weights_only=True)["hyper_parameters"]["id2label"] == names
+    predicted = cli_main(["predict", "--config", "own-data.yaml", "--model.model_name_or_path", tiny_model_dir,
+                          "--data.train_file", "null", "--data.test_file", "null", "--data.predict_file", "new.txt",
+                          "--ckpt_path", last])
+    rows = (Path(predicted.trainer.log_dir) / "predictions.tsv").read_text().splitlines()
+    assert {r.split("\t")[1] for r in rows[1:]} <= {"01", "02", "10"}
+    assert main(["export", "--ckpt_path", last, "--output_dir", str(tmp_path / "merged")]) == 0
+    (out,) = pipeline("text-classification", model=str(tmp_path / "merged"), top_k=None)(["a superb movie"])
+    assert {o["label"] for o in out} == {"01", "02", "10"}

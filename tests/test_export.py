@@ -250,3 +250,43 @@ def test_three_label_model_exports_its_labels(tiny_model_dir, tmp_path, capsys):
     with torch.no_grad():
         torch.testing.assert_close(peft_model(**batch).logits, expected, atol=1e-5, rtol=0)
     assert peft_model.config.id2label == NAMES
+
+
+def test_merged_export_cuts_long_texts_where_the_run_did(tiny_ckpt, tiny_model_dir, tmp_path, capsys):
+    """A newcomer's first hour: the merged folder's tokenizer holds the run's max_length (128 here, not the base's
+    512), so pipeline(..., truncation=True), as export prints it, classifies a text of thousands of tokens as the
+    model does its first 128; the printed line runs as it is."""
+    out = export(tiny_ckpt, str(tmp_path / "merged"))
+    said = capsys.readouterr().out.splitlines()
+    assert said[1] == f'Load it with pipeline("text-classification", model={str(out)!r}, truncation=True)  # cuts at 128 tokens, as the run did'
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 128
+    long = " ".join(["the film is very good and the plot is dull"] * 500)  # 5,000 words: past the 512 positions
+    classify = eval(said[1].removeprefix("Load it with "), {"pipeline": pipeline})
+    (result,) = classify([long], top_k=None)
+    module = LoRAClassifier.load_from_checkpoint(tiny_ckpt)
+    from transformers import AutoTokenizer
+
+    batch = AutoTokenizer.from_pretrained(tiny_model_dir)([long], truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        expected = module(**batch).softmax(-1)[0]
+    got = {r["label"]: r["score"] for r in result}
+    assert got == pytest.approx({"negative": float(expected[0]), "positive": float(expected[1])}, abs=1e-5)
+
+
+def test_adapter_load_line_works_offline_for_the_packaged_model(packaged_model, toy_glue_dir, tmp_path, capsys):
+    """A newcomer's first hour: the adapter export's printed call names the folder the run loaded its base from (the
+    packaged model's), not a Hub id that fails offline; the call runs."""
+    from lora_lightning.data import SST2DataModule
+
+    module = LoRAClassifier(packaged_model)
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(module, SST2DataModule(packaged_model, data_dir=toy_glue_dir, batch_size=8, max_train_samples=8))
+    trainer.save_checkpoint(tmp_path / "mini.ckpt")
+    capsys.readouterr()
+    adapter = export(str(tmp_path / "mini.ckpt"), str(tmp_path / "adapter"), format="adapter")
+    call = capsys.readouterr().out.splitlines()[1].removeprefix("Load it with peft.PeftModel.from_pretrained(")
+    base_call = call.removesuffix(f", {str(adapter)!r})")
+    folder = eval(base_call.split("from_pretrained(", 1)[1].split(",", 1)[0])
+    assert os.path.isdir(folder) and packaged_model not in base_call
+    base = eval(base_call, {"AutoModelForSequenceClassification": AutoModelForSequenceClassification})
+    assert base.config.num_labels == 2
