@@ -350,6 +350,11 @@ def quiet_for_files() -> None:
 
     warnings.showwarning = showwarning
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Lightning's "does not have many workers" for every loader: the rows are tokenised once in setup, so a batch
+    # is padding only (~2 ms on this project's 2-core CPU, collate and sampler together), and on CUDA it overlaps the
+    # GPU's asynchronous work; worker processes would add start-up and copies (0.74x on CPU: BENCHMARKS.md, "Levers").
+    # data.num_workers still sets them.
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     for handler in logging.getLogger("pytorch_lightning").handlers + logging.getLogger("lightning.pytorch").handlers:
         handler.addFilter(lambda record: not str(record.msg).startswith("💡 Tip"))
     if not interactive():

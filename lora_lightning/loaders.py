@@ -38,7 +38,7 @@ class ResumableDataLoader(DataLoader):
     starts after the batches already done, instead of replaying the epoch from its start.
 
     Args:
-        dataset, collate_fn, num_workers: as ``DataLoader``'s.
+        dataset, collate_fn, num_workers, pin_memory: as ``DataLoader``'s.
         sampler: the per-epoch sampler (``set_epoch`` is called on it by Lightning; its ``epoch``
             attribute is saved with the state).
         batch_size: sentences per batch.
@@ -46,9 +46,9 @@ class ResumableDataLoader(DataLoader):
     """
 
     def __init__(self, dataset, sampler: Sampler, batch_size: int, batches_done: Callable[[], int],
-                 collate_fn=None, num_workers: int = 0) -> None:
+                 collate_fn=None, num_workers: int = 0, pin_memory: bool = False) -> None:
         super().__init__(dataset, batch_sampler=SkippingBatchSampler(sampler, batch_size), collate_fn=collate_fn,
-                         num_workers=num_workers)
+                         num_workers=num_workers, pin_memory=pin_memory)
         self.batches_done = batches_done
 
     def state_dict(self) -> dict:

@@ -159,8 +159,19 @@ class LoRAClassifier(pl.LightningModule):
             of the model with no LoRA injected (the ceiling that LoRA is compared against; use a
             full fine-tuning learning rate such as ``5e-5``, and expect full-size checkpoints).
             The LoRA options are then unused.
-        compile: run the backbone's forward through ``torch.compile(dynamic=True)`` (module and
-            checkpoint keys unchanged); compiling costs time up front, see BENCHMARKS.md.
+        compile: run the backbone's forward (and its backward) through ``torch.compile(dynamic=True)``
+            (module and checkpoint keys unchanged); compiling costs time up front, see BENCHMARKS.md.
+            The loss and gradients equal the eager ones within float rounding (tested on CPU); with
+            dropout the masks come from the compiler's generator (the same distribution, other masks).
+        compile_mode: ``torch.compile``'s mode with ``compile``: ``default``, or ``reduce-overhead``,
+            which on CUDA replays the step as CUDA graphs (one per batch shape: on CUDA the batches
+            are padded to a multiple of 8 tokens, so there are few) instead of launching each kernel
+            from Python: the GPU fast path (``--model.compile true --model.compile_mode reduce-overhead``;
+            BENCHMARKS.md, "GPU"). On CPU the modes compile the same code.
+        float32_matmul_precision: ``torch.set_float32_matmul_precision`` on CUDA (``high``: TensorFloat-32
+            matmuls on Tensor Cores, the transformers / Lightning recommendation for fine-tuning;
+            ``highest``: full float32). Set in ``setup`` when the model is on a CUDA device, said in one
+            line; on CPU nothing changes.
         merge_for_inference: fold LoRA into the base weights for ``test``/``predict``/``validate``
             runs (outside ``fit``), so inference costs what the base model costs; unmerged after.
         use_rslora: rsLoRA's ``scaling = lora_alpha / sqrt(r)`` (Kalajdzievski 2023, arXiv:2312.03732).
@@ -204,6 +215,8 @@ class LoRAClassifier(pl.LightningModule):
         merge_for_inference: bool = False,
         torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         compile: bool = False,  # noqa: A002 (the option's name, as in torch.compile)
+        compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default",
+        float32_matmul_precision: Literal["highest", "high", "medium"] = "high",
         finetune: Literal["lora", "full"] = "lora",
         use_rslora: bool = False,
         use_dora: bool = False,
@@ -290,6 +303,7 @@ class LoRAClassifier(pl.LightningModule):
         # mean loss over samples, synchronised across processes like the other metrics
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self._schedule: tuple[int, int] | None = None  # (warm-up, total) optimizer steps, set in on_train_start
+        self._finite: torch.Tensor | None = None  # on CUDA: every loss since the last check was finite
         self.dropout_seed: int | None = None  # set at fit start (or from the checkpoint); see dropout_rng
         self._loaded_step: int | None = None  # the global step of the checkpoint loaded, if any
         self._saved_schedule: tuple[int, int] | None = None  # (warm-up, total) steps of the loaded checkpoint's run
@@ -319,13 +333,29 @@ class LoRAClassifier(pl.LightningModule):
         """
         with self.dropout_rng(batch_idx):
             loss, _, labels = self._shared_step(batch)
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(
-                f"train_loss is {loss.item()} at step {self.global_step}: training diverged; checkpoints "
-                f"saved so far are kept; try a lower model.learning_rate (now {self.hparams.learning_rate})"
-            )
+        if loss.device.type == "cpu":
+            if not torch.isfinite(loss):
+                self._check_finite(torch.tensor(False), self.global_step, value=loss.item())
+        else:  # no host sync per step: a flag on the device, read every log_every_n_steps steps and at epoch end
+            finite = torch.isfinite(loss.detach())
+            self._finite = finite if self._finite is None else self._finite & finite
+            if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+                self._check_finite(self._finite, self.global_step, window=self.trainer.log_every_n_steps)
         self.log("train_loss", loss, prog_bar=True, batch_size=labels.numel())
         return loss
+
+    def _check_finite(self, finite: torch.Tensor, step: int, window: int = 1, value: float | None = None) -> None:
+        """Raise ``TrainingDivergedError`` when ``finite`` (a bool tensor) is false."""
+        if not bool(finite):
+            where = f"at step {step}" if window == 1 else f"in steps {max(0, step - window + 1)}..{step}"
+            raise TrainingDivergedError(
+                f"train_loss is {value if value is not None else 'not finite'} {where}: training diverged; checkpoints "
+                f"saved so far are kept; try a lower {option('model', 'learning_rate')} (now {self.hparams.learning_rate})")
+        self._finite = None
+
+    def on_train_epoch_end(self) -> None:
+        if self._finite is not None:
+            self._check_finite(self._finite, self.global_step - 1, window=self.trainer.log_every_n_steps)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_metrics)
@@ -418,9 +448,11 @@ class LoRAClassifier(pl.LightningModule):
         variants = [name for name, on in (("rsLoRA", hp.use_rslora), ("DoRA", hp.use_dora)) if on]
         if hp.loraplus_lr_ratio is not None:
             variants.append(f"LoRA+ x{hp.loraplus_lr_ratio:g}")
+        layers = len({n.split(".layer.")[1].split(".")[0] for n in self.lora_modules if ".layer." in n})
+        within = f" in {layers} layers" if layers else ""
         what = ("full fine-tuning" if hp.finetune == "full" else
                 f"LoRA r={hp.r}{' (' + ', '.join(variants) + ')' if variants else ''} on {len(self.lora_modules)} "
-                f"layers ({', '.join(hp.target_modules)})")
+                f"Linears{within} ({', '.join(hp.target_modules)})")
         rank_zero_info(
             f"{what}: "
             f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
@@ -459,7 +491,14 @@ class LoRAClassifier(pl.LightningModule):
         """
         self._check_classes(stage)
         if self.hparams.compile and not hasattr(self.model.forward, "_torchdynamo_orig_callable"):
-            self.model.forward = torch.compile(self.model.forward, dynamic=True)
+            self.model.forward = torch.compile(self.model.forward, dynamic=True,
+                                               mode=self.hparams.get("compile_mode", "default"))
+        if self.trainer.strategy.root_device.type == "cuda":
+            wanted = self.hparams.get("float32_matmul_precision", "high")
+            if torch.get_float32_matmul_precision() != wanted:
+                torch.set_float32_matmul_precision(wanted)
+                rank_zero_info(f"CUDA: float32 matmuls at precision {wanted!r} ({option('model', 'float32_matmul_precision')}"
+                               f"; 'high' uses TensorFloat-32 on Tensor Cores, 'highest' full float32)")
         precision = str(self.trainer.precision)
         if precision in ("bf16-true", "16-true"):
             rank_zero_warn(f"trainer.precision={precision}: LoRA and the head train in half precision too; "
@@ -604,12 +643,14 @@ class LoRAClassifier(pl.LightningModule):
         """
         lr, ratio = self.hparams.learning_rate, self.hparams.get("loraplus_lr_ratio")
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        # on CUDA one fused kernel updates every tensor (float32, as the trained tensors always are)
+        fused = {"fused": True} if named and all(p.is_cuda and p.dtype == torch.float32 for _, p in named) else {}
         if ratio is None:
             groups = [{"params": [p for _, p in named]}]
         else:  # LoRA+ (Hayou et al. 2024): B learns ratio x faster than A; the head keeps the base rate
             groups = [{"params": [p for n, p in named if not n.endswith("lora_B")]},
                       {"params": [p for n, p in named if n.endswith("lora_B")], "lr": lr * ratio}]
-        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=self.hparams.weight_decay, **fused)
         self._schedule = None  # (warmup_steps, total_steps), set in on_train_start
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         # "name": the learning-rate curve's TensorBoard tag is `lr` (LearningRateMonitor)

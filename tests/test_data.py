@@ -164,7 +164,7 @@ def test_bad_files_name_file_and_line(tmp_path, tiny_model_dir, content, message
 
 
 def test_missing_folder_and_file(tmp_path, tiny_model_dir):
-    with pytest.raises(DataFileError, match=r"data.data_dir: SST-2 folder .*nope does not exist"):
+    with pytest.raises(DataFileError, match=r"^data_dir: SST-2 folder .*nope does not exist"):
         make_dm(tiny_model_dir, str(tmp_path / "nope"))
     write_tsv(tmp_path / "train.tsv", "sentence\tlabel", [("fine", 1)])
     with pytest.raises(DataFileError, match=r"dev.tsv: file not found"):

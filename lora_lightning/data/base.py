@@ -554,25 +554,32 @@ class TextClassificationDataModule(pl.LightningDataModule):
                 raise DataFileError(f"test needs labeled rows: pass {option('data', 'test_file')}")
         ds = self.datasets[name]
         hp = self.hparams
-        collate = DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
+        # On CUDA: lengths padded to a multiple of 8 (Tensor Core shapes, and few distinct shapes for compiled /
+        # CUDA-graph steps) and pinned host memory (Lightning then copies batches without blocking). CPU: as is.
+        cuda = self._on_cuda()
+        collate = DataCollatorWithPadding(self.tokenizer, return_tensors="pt", pad_to_multiple_of=8 if cuda else None)
         features = ds.remove_columns(["length", "full_length"])
         world_size, rank = self._world()
+        loader_kw = {"collate_fn": collate, "num_workers": hp.num_workers, "pin_memory": cuda}
         if not train:
             # PredictionWriter puts predictions back in input order from Lightning's batch indices.
             order = self.eval_order(name)
             if world_size > 1:  # every sentence scored once across processes, none repeated
                 order = ShardedOrderSampler(order if order is not None else range(len(ds)), world_size, rank)
-            return DataLoader(features, batch_size=hp.eval_batch_size, sampler=order, collate_fn=collate,
-                              num_workers=hp.num_workers)
+            return DataLoader(features, batch_size=hp.eval_batch_size, sampler=order, **loader_kw)
         if hp.group_by_length:
             grouped = SortedLengthBatchSampler if hp.length_grouping == "sorted" else EpochLengthGroupedSampler
             sampler = grouped(hp.batch_size, list(ds["length"]), hp.seed)
             if world_size == 1 and getattr(self, "trainer", None) is not None:
                 # resumable mid-epoch (Ctrl-C, val_check_interval); under DDP Lightning re-shards the sampler
-                return ResumableDataLoader(features, sampler, hp.batch_size, self._train_batches_done,
-                                           collate_fn=collate, num_workers=hp.num_workers)
-            return DataLoader(features, batch_size=hp.batch_size, sampler=sampler, collate_fn=collate, num_workers=hp.num_workers)
-        return DataLoader(features, batch_size=hp.batch_size, shuffle=True, collate_fn=collate, num_workers=hp.num_workers)
+                return ResumableDataLoader(features, sampler, hp.batch_size, self._train_batches_done, **loader_kw)
+            return DataLoader(features, batch_size=hp.batch_size, sampler=sampler, **loader_kw)
+        return DataLoader(features, batch_size=hp.batch_size, shuffle=True, **loader_kw)
+
+    def _on_cuda(self) -> bool:
+        """Whether the attached trainer runs on a CUDA device."""
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

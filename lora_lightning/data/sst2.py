@@ -20,7 +20,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from lora_lightning.data.base import TextClassificationDataModule, plain_options
 from lora_lightning.data.splits import group_split, phrase_groups, phrase_overlap
-from lora_lightning.errors import DataFileError, LoRALightningWarning, OptionError
+from lora_lightning.errors import DataFileError, LoRALightningWarning, OptionError, option
 from lora_lightning.tables import check_columns, encode_labels, read_table
 
 HUB_DATASET = ("nyu-mll/glue", "sst2")
@@ -37,7 +37,7 @@ def find_data_dir(data_dir: str | None) -> Path | None:
         data_dir = os.path.join(os.environ["GLUE_DIR"], "SST-2")
         origin = "GLUE_DIR"
     else:
-        origin = "data.data_dir"
+        origin = option("data", "data_dir")
     if data_dir is None:
         return None
     path = Path(data_dir).expanduser()
@@ -171,19 +171,20 @@ class SST2DataModule(TextClassificationDataModule):
         if hp.val_split == "random":
             train, val = super().split_val(train)
             overlap = phrase_overlap(train["sentence"], val["sentence"])
-            rank_zero_warn(f"data.val_split=random (the seed's split, seed {hp.seed}): {overlap:.1%} of the {len(val):,} val "
-                           f"phrases occur inside a train phrase, so val_acc runs above GLUE dev; data.val_split="
+            flag = option("data", "val_split")
+            rank_zero_warn(f"{flag}=random (the seed's split, seed {hp.seed}): {overlap:.1%} of the {len(val):,} val "
+                           f"phrases occur inside a train phrase, so val_acc runs above GLUE dev; {flag}="
                            f"by_sentence (the default) holds out whole sentences instead", category=LoRALightningWarning)
             return train, val
         groups = phrase_groups(train["sentence"])
         try:
             keep, held = group_split(groups, hp.val_fraction, hp.seed)
         except ValueError as error:
-            raise OptionError(f"data.val_split=by_sentence: {self._train_source()} has {error}") from None
+            raise OptionError(f"{option('data', 'val_split')}=by_sentence: {self._train_source()} has {error}") from None
         train, val = train.select(keep), train.select(held)
         overlap = phrase_overlap(train["sentence"], val["sentence"])
         shared = sum(g is None for g in groups)
-        rank_zero_info(f"SST-2 val split by source sentence (data.val_split=by_sentence, seed {hp.seed}): val {len(held):,} "
+        rank_zero_info(f"SST-2 val split by source sentence ({option('data', 'val_split')}=by_sentence, seed {hp.seed}): val {len(held):,} "
                        f"phrases of {len({groups[i] for i in held}):,} sentences, train {len(keep):,} phrases of "
                        f"{len({g for g in groups if g is not None}) - len({groups[i] for i in held}):,} sentences and "
                        f"{shared:,} found in several; val phrases inside a train phrase: {overlap:.1%}")
