@@ -8,7 +8,7 @@ Measured here, on the CPU:
   only), LoRA r=4 on query+value, forward + backward + AdamW, counted by the torch profiler (leaf aten
   ops that would launch a GPU kernel; views and allocations left out).
 Computed: FLOPs per real token, the count ``train_throughput``'s limit uses.
-Assumed (printed as such; ``benchmarks/gpu_throughput.py`` measures what they stand for when a GPU
+Assumed (printed as such; ``benchmarks/gpu_bench.py`` measures what they stand for when a GPU
 is lent): the GPU's dense bf16 rate and the MFU its GEMMs reach, the host's time per issued op in
 eager PyTorch, and DDP's all-reduce time per step.
 

@@ -124,7 +124,7 @@ def run_plain_loop(name: str, n_samples: int, repeats: int, pad_to: int | None, 
     model = peft_model(lora)
     padding = {"padding": "max_length", "max_length": pad_to} if pad_to else {}
     collate = DataCollatorWithPadding(dm.tokenizer, **padding)
-    loader = DataLoader(dm.datasets["train"].remove_columns("length"), batch_size=32, shuffle=True, collate_fn=collate)
+    loader = DataLoader(dm.datasets["train"].remove_columns(["length", "full_length"]), batch_size=32, shuffle=True, collate_fn=collate)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     times = []
     for _ in range(repeats + 1):
