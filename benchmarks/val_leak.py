@@ -1,12 +1,14 @@
-"""How much of SST-2's val split the train split already holds, and val accuracy without it.
+"""How much of SST-2's val split the train split already holds, for each split, and val accuracy on its parts.
 
     GLUE_DIR=../shared/data/glue python -m benchmarks.val_leak [--ckpts 'a.ckpt,b.ckpt']
 
-GLUE's SST-2 train set is phrases cut from the parse trees of ~8,500 movie-review sentences, so a
-random 90/10 split of it (the package's val split) puts most val phrases inside a train phrase of
-the same sentence. This script counts them (a val phrase that appears verbatim, as a substring,
-in some train phrase) and, for each checkpoint given, reports the accuracy on all of val, on the
-"seen" part and on the "unseen" part (mostly whole sentences, like GLUE dev). Writes
+GLUE's SST-2 train set is phrases cut from the parse trees of ~8,500 movie-review sentences, so the seed's
+random 90/10 split puts most val phrases inside a train phrase of the same sentence; the package's
+default, the split by source sentence (``data.val_split=by_sentence``), puts none there. For both splits
+this script counts the val phrases that occur inside some train phrase as a run of whole words
+(``data.splits.phrase_overlap``, independent of how the split was made), and the same for GLUE dev
+against the train split. For each checkpoint given, it reports the accuracy on the random split's val,
+on its "seen" part and on its "unseen" part, and on the by-sentence val. Writes
 benchmarks/results/val_leak.json.
 """
 
@@ -23,22 +25,23 @@ import torch
 RESULTS = Path(__file__).parent / "results" / "val_leak.json"
 
 
-def split_overlap(data_dir: Path, seed: int = 42, val_fraction: float = 0.1) -> dict:
-    """The package's seeded train/val split, and which val phrases occur inside a train phrase."""
-    from lora_lightning.data import read_split
+def split_overlap(data_dir: Path, seed: int = 42, val_fraction: float = 0.1, val_split: str = "random") -> dict:
+    """The package's seeded train/val split (``val_split``), and which val phrases occur inside a train phrase."""
+    from lora_lightning.data import SST2DataModule, read_split
+    from lora_lightning.data.splits import inside_phrases, phrase_overlap
 
-    raw = read_split(data_dir / "train.tsv", True).train_test_split(test_size=val_fraction, seed=seed)
-    train = [s.strip() for s in raw["train"]["sentence"]]
-    val = raw["test"]
-    dev = [s.strip() for s in read_split(data_dir / "dev.tsv", True)["sentence"]]
-    text = "\n".join(train)
-    seen = [s.strip() in text for s in val["sentence"]]
+    raw = read_split(data_dir / "train.tsv", True)
+    dm = SST2DataModule(data_dir=str(data_dir), val_fraction=val_fraction, seed=seed, val_split=val_split)
+    train_ds, val = dm.split_val(raw)
+    train = list(train_ds["sentence"])
+    dev = list(read_split(data_dir / "dev.tsv", True)["sentence"])
+    seen = inside_phrases(train, val["sentence"])
 
     def words(texts) -> float:  # mean words per phrase (0 for none)
         counts = [len(t.split()) for t in texts]
         return statistics.mean(counts) if counts else 0.0
 
-    return {"val": val, "seen": seen, "dev_inside_train": sum(s in text for s in dev) / len(dev),
+    return {"val": val, "seen": seen, "dev_inside_train": phrase_overlap(train, dev),
             "words": {"train": words(train), "val_seen": words(s for s, k in zip(val["sentence"], seen) if k),
                       "val_unseen": words(s for s, k in zip(val["sentence"], seen) if not k), "dev": words(dev)}}
 
@@ -59,32 +62,36 @@ def predictions(ckpt: str, sentences: list[str], batch_size: int = 128) -> list[
 
 
 def main(ckpts: str = "", data_dir: str | None = None, json_path: str = str(RESULTS)) -> dict:
-    """Count the overlap; score each checkpoint (comma-separated paths) on val, seen and unseen."""
+    """Count the overlap of both splits; score each checkpoint (comma-separated paths) on their val sets."""
     folder = Path(data_dir or os.path.join(os.environ.get("GLUE_DIR", "../shared/data/glue"), "SST-2"))
-    split = split_overlap(folder)
-    val, seen = split["val"], split["seen"]
+    splits = {name: split_overlap(folder, val_split=name) for name in ("random", "by_sentence")}
     result = {"command": "python -m benchmarks.val_leak" + (f" --ckpts '{ckpts}'" if ckpts else ""),
-              "date": time.strftime("%Y-%m-%d"), "val_rows": len(seen), "val_seen": sum(seen),
-              "val_seen_fraction": round(sum(seen) / len(seen), 4),
-              "dev_inside_train_fraction": round(split["dev_inside_train"], 4),
-              "mean_words": {k: round(v, 2) for k, v in split["words"].items()}, "checkpoints": []}
-    print(f"val phrases inside a train phrase: {sum(seen):,} of {len(seen):,} ({result['val_seen_fraction']:.1%}); "
-          f"GLUE dev sentences inside a train phrase: {result['dev_inside_train_fraction']:.1%}")
-    print(f"mean words: {result['mean_words']}")
-    labels = val["label"]
+              "date": time.strftime("%Y-%m-%d"), "count": "val phrases occurring inside a train phrase as a run of whole words",
+              "splits": {}, "checkpoints": []}
+    for name, split in splits.items():
+        seen = split["seen"]
+        result["splits"][name] = {"val_rows": len(seen), "val_seen": sum(seen),
+                                  "val_seen_fraction": round(sum(seen) / len(seen), 4),
+                                  "dev_inside_train_fraction": round(split["dev_inside_train"], 4),
+                                  "mean_words": {k: round(v, 2) for k, v in split["words"].items()}}
+        print(f"{name}: val phrases inside a train phrase: {sum(seen):,} of {len(seen):,} ({sum(seen) / len(seen):.1%}); "
+              f"GLUE dev sentences inside a train phrase: {split['dev_inside_train']:.1%}; mean words {result['splits'][name]['mean_words']}")
     for ckpt in filter(None, ckpts.split(",")):
-        pred = predictions(ckpt, list(val["sentence"]))
-        right = [p == y for p, y in zip(pred, labels)]
+        row = {"ckpt": ckpt}
+        for name, split in splits.items():
+            val, seen = split["val"], split["seen"]
+            right = [p == y for p, y in zip(predictions(ckpt, list(val["sentence"])), val["label"])]
 
-        def acc(keep):
-            kept = [r for r, k in zip(right, keep) if k]
-            return round(sum(kept) / len(kept), 4)
+            def acc(keep):
+                kept = [r for r, k in zip(right, keep) if k]
+                return round(sum(kept) / len(kept), 4) if kept else None
 
-        row = {"ckpt": ckpt, "val_acc": acc([True] * len(right)), "val_seen_acc": acc(seen),
-               "val_unseen_acc": acc([not k for k in seen]), "unseen_n": len(seen) - sum(seen)}
+            row[f"{name}_val_acc"] = acc([True] * len(right))
+            if name == "random":
+                row.update(random_val_seen_acc=acc(seen), random_val_unseen_acc=acc([not k for k in seen]),
+                           random_unseen_n=len(seen) - sum(seen))
         result["checkpoints"].append(row)
-        print(f"{ckpt}: val {row['val_acc']:.4f}, seen {row['val_seen_acc']:.4f}, unseen {row['val_unseen_acc']:.4f} "
-              f"({row['unseen_n']} phrases)")
+        print(json.dumps(row))
     Path(json_path).write_text(json.dumps(result, indent=1) + "\n")
     return result
 

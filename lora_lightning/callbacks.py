@@ -95,7 +95,11 @@ class ModelCheckpoint(_LightningModelCheckpoint):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        self._save_last_if_behind(trainer)
+        # A validation at an epoch's end is followed by on_train_epoch_end, where Lightning saves top-k then (and
+        # last with it): writing last.ckpt here first would record no top-k file that a kill could then orphan.
+        at_epoch_end = trainer.val_check_interval == 1.0 and trainer.check_val_every_n_epoch is not None
+        if not at_epoch_end:
+            self._save_last_if_behind(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)

@@ -578,15 +578,16 @@ class LoRAClassifier(pl.LightningModule):
                            f"this run loads {hp.model_name_or_path!r}", category=LoRALightningWarning)
         if self._trainer is not None and self.trainer.state.fn == "fit":  # resuming: what the optimizer state fixes
             for name, value in check_resume(saved, hp).items():
-                if name == "warmup_ratio":  # the schedule is this model's: go on with the checkpoint's
+                flag, mine = option("model", name), hp[name]
+                if name == "warmup_ratio":  # the schedule is this model's: it goes on with the checkpoint's
                     hp["warmup_ratio"] = value
-                kept = ("the run goes on with the checkpoint's" if name in ("warmup_ratio", "learning_rate", "weight_decay",
-                                                                            "loraplus_lr_ratio") else "the run uses this")
-                rank_zero_warn(f"resuming: the checkpoint was trained with {option('model', name)}={value!r}, this model "
-                               f"has {hp[name]!r}; {kept} (its optimizer state, schedule or dropout)"
-                               if name != "warmup_ratio" else f"resuming: {option('model', name)}={value!r} from the "
-                               f"checkpoint (this model has {hp[name]!r}): its schedule goes on",
-                               category=LoRALightningWarning)
+                    said = f"resuming: {flag}={value!r} from the checkpoint (this model has {mine!r}): its schedule goes on"
+                elif name in ("learning_rate", "weight_decay", "loraplus_lr_ratio"):  # restored with the optimizer state
+                    said = (f"resuming: the checkpoint was trained with {flag}={value!r}, this model has {mine!r}; the run "
+                            "goes on with the checkpoint's (its optimizer state holds it)")
+                else:  # dropout: the modules are built
+                    said = f"resuming: the checkpoint was trained with {flag}={value!r}, this model has {mine!r}, used from here"
+                rank_zero_warn(said, category=LoRALightningWarning)
         self._loaded_step = checkpoint.get("global_step")
         self.dropout_seed = checkpoint.get("dropout_seed", self.dropout_seed)
         self._saved_schedule = tuple(checkpoint["lr_schedule"]) if checkpoint.get("lr_schedule") else None

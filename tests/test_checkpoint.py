@@ -294,3 +294,23 @@ def test_checkpoint_from_before_labels_were_options_is_sst2(tiny_ckpt, tiny_mode
     with pytest.raises(CheckpointError, match=r"trained with labels \['negative', 'positive'\], this model has "
                                               r"\['low', 'high', 'so so'\]"):
         LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8, num_labels=3, id2label=NAMES).on_load_checkpoint(old)
+
+
+def test_resume_options_from_python(tiny_ckpt, tiny_model_dir, toy_glue_dir):
+    """Issue 18: resuming from Python with LoRA+ switched on is one line naming the option (never torch's
+    parameter-group error); another learning rate / warm-up is said in one warning each, the checkpoint's going on."""
+    from lora_lightning.errors import CheckpointError
+
+    dm = SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir, batch_size=16)
+    plus = LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8, learning_rate=1e-2, loraplus_lr_ratio=16.0)
+    with pytest.raises(CheckpointError, match=r"^checkpoint was trained with loraplus_lr_ratio=None but this run has "
+                                              r"loraplus_lr_ratio=16.0: its optimizer state has 1 parameter group\(s\), "
+                                              r"this run's 2"):
+        quiet_trainer(max_steps=8, limit_val_batches=0).fit(plus, dm, ckpt_path=tiny_ckpt)
+    other = LoRAClassifier(tiny_model_dir, r=4, lora_alpha=8, learning_rate=5e-3, warmup_ratio=0.2)
+    with pytest.warns(UserWarning) as caught:
+        quiet_trainer(max_steps=8, limit_val_batches=0).fit(other, dm, ckpt_path=tiny_ckpt)
+    said = [str(w.message) for w in caught if str(w.message).startswith("resuming")]
+    assert any("learning_rate=0.01, this model has 0.005; the run goes on with the checkpoint's" in m for m in said)
+    assert any(m.startswith("resuming: warmup_ratio=0.06 from the checkpoint (this model has 0.2)") for m in said)
+    assert other.hparams.warmup_ratio == 0.06 and other.trainer.optimizers[0].param_groups[0]["initial_lr"] == 0.01

@@ -541,3 +541,15 @@ def test_compiled_step_equals_the_eager_step(tiny_model_dir):
                 torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
                 grads += 1
         assert grads == 2 * 2 * 2 + 2  # every lora_A / lora_B of query, value in 2 layers, and the head
+
+
+def test_fit_says_what_trains_in_words(tiny_model_dir, toy_glue_dir):
+    """Issue 21: the summary line counts Linears and the layers they are in (not '4 layers' for 4 Linears)."""
+    from conftest import log_records
+
+    with log_records("pytorch_lightning") as records:
+        trainer(max_steps=1, limit_val_batches=0).fit(LoRAClassifier(tiny_model_dir),
+                                                       SST2DataModule(tiny_model_dir, data_dir=toy_glue_dir))
+    said = [r.getMessage() for r in records if "trainable params" in r.getMessage()]
+    assert said == ["LoRA r=4 on 4 Linears in 2 layers (query, value): trainable params: 1,090 || all params: 36,578 "
+                    "|| trainable%: 2.9799"]

@@ -17,6 +17,8 @@ def test_val_phrases_inside_train_phrases_are_counted(tmp_path):
     write_tsv(tmp_path / "dev.tsv", "sentence\tlabel", [("a superb film with great acting", 1)])
     split = val_leak.split_overlap(tmp_path, seed=0, val_fraction=0.25)
     train = [r[0].strip() for r in rows if r[0] not in split["val"]["sentence"]]
-    expected = [any(v.strip() in t for t in train) for v in split["val"]["sentence"]]
+    expected = [any(f" {v.strip()} " in f" {t} " for t in train) for v in split["val"]["sentence"]]  # whole words
     assert split["seen"] == expected and 0 < sum(expected) < len(expected)
     assert split["dev_inside_train"] == 0.0
+    by_sentence = val_leak.split_overlap(tmp_path, seed=0, val_fraction=0.25, val_split="by_sentence")
+    assert len(by_sentence["seen"]) >= 0.25 * len(rows) and not any(by_sentence["seen"])

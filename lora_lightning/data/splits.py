@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["phrase_groups", "group_split", "phrase_overlap", "duplicate_texts", "normalise_text", "SHARED"]
+__all__ = ["phrase_groups", "group_split", "inside_phrases", "phrase_overlap", "duplicate_texts", "normalise_text", "SHARED"]
 
 SHARED = None  # the group of a row that belongs to no single group: always on the train side
 
@@ -128,16 +128,13 @@ def group_split(groups: Sequence[Hashable | None], val_fraction: float, seed: in
     return train, val
 
 
-def phrase_overlap(train: Sequence[str], others: Sequence[str]) -> float:
-    """The share of ``others`` that occur inside some phrase of ``train``, as a run of whole words
-    (equal to one counts). Independent of ``phrase_groups``: every run of words of every train phrase
-    is collected (a phrase already inside a longer one is skipped: its runs are in already).
+def inside_phrases(train: Sequence[str], others: Sequence[str]) -> list[bool]:
+    """For each of ``others``, whether it occurs inside some phrase of ``train`` as a run of whole words (equal to one
+    counts). Independent of ``phrase_groups``: every run of words of every train phrase is collected (a phrase
+    already inside a longer one is skipped: its runs are in already).
 
     Meant for short phrases (SST-2: ~19 words at most per sentence on average); a train set of long
     documents costs the square of their length.
-
-    Returns:
-        a fraction in [0, 1] (0.0 for no ``others``).
     """
     runs: set[str] = set()
     for w in sorted({_words(t) for t in train}, key=len, reverse=True):
@@ -145,8 +142,13 @@ def phrase_overlap(train: Sequence[str], others: Sequence[str]) -> float:
             continue
         n = len(w)
         runs.update(" ".join(w[a:b]) for a in range(n) for b in range(a + 1, n + 1))
-    keys = [" ".join(_words(t)) for t in others]
-    return sum(k in runs for k in keys) / len(keys) if keys else 0.0
+    return [" ".join(_words(t)) in runs for t in others]
+
+
+def phrase_overlap(train: Sequence[str], others: Sequence[str]) -> float:
+    """The share of ``others`` inside some phrase of ``train`` (``inside_phrases``), in [0, 1] (0.0 for no ``others``)."""
+    hits = inside_phrases(train, others)
+    return sum(hits) / len(hits) if hits else 0.0
 
 
 def normalise_text(text: str) -> str:
