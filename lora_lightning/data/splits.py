@@ -146,7 +146,13 @@ def inside_phrases(train: Sequence[str], others: Sequence[str]) -> list[bool]:
 
 
 def phrase_overlap(train: Sequence[str], others: Sequence[str]) -> float:
-    """The share of ``others`` inside some phrase of ``train`` (``inside_phrases``), in [0, 1] (0.0 for no ``others``)."""
+    """The share of ``others`` inside some phrase of ``train`` (``inside_phrases``), in [0, 1] (0.0 for no ``others``);
+    memoised per process by content, like ``phrase_groups``."""
+    return _overlap(_digest(train), _digest(others), tuple(train), tuple(others))
+
+
+@lru_cache(maxsize=8)
+def _overlap(train_digest: str, others_digest: str, train: tuple[str, ...], others: tuple[str, ...]) -> float:
     hits = inside_phrases(train, others)
     return sum(hits) / len(hits) if hits else 0.0
 
