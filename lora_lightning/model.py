@@ -10,14 +10,10 @@ from typing import Literal
 
 import torch
 import pytorch_lightning as pl
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
-from torchmetrics import MeanMetric, Metric, MetricCollection
-from torchmetrics.classification import (BinaryAccuracy, BinaryConfusionMatrix, BinaryF1Score, MulticlassAccuracy,
-                                         MulticlassConfusionMatrix, MulticlassF1Score)
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.wrappers import ClasswiseWrapper
 
 from lora_lightning.checkpoint import (LABEL_OPTIONS, STRUCTURE_OPTIONS, check_options, check_resume, fill_frozen,
@@ -28,6 +24,8 @@ from lora_lightning.errors import (CheckpointError, LoRALightningError, LoRALigh
 from lora_lightning.backbone import HEAD_NAMES, check_lora_outside, last_layer_first_token_only, load_backbone
 from lora_lightning.labels import resolve_id2label
 from lora_lightning.lora import count_parameters, inject_lora, mark_only_lora_as_trainable, merge_lora, unmerge_lora
+from lora_lightning.metrics import (classification_metrics, confusion_figure, confusion_matrix, hparams_for_board,
+                                    register_hparams_metric)
 from lora_lightning.values import as_bool, as_float, as_id2label, as_int, as_str, as_str_list
 
 
@@ -47,76 +45,6 @@ def _factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return float(step) / float(max(1, warmup))
     return max(0.0, float(total - step) / float(max(1, total - warmup)))
-
-
-def hparams_for_board(params: dict) -> dict:
-    """Hyperparameters as TensorBoard's HPARAMS tab shows them well: no internal keys (LightningCLI's
-    ``_class_path``, ``_instantiator``), booleans and ``None`` as text (``true``/``false``/``null``; TensorBoard
-    would draw a boolean as ``0.0000``), lists and dicts as their text, numbers and strings as they are."""
-    out = {}
-    for key, value in params.items():
-        if str(key).rsplit(".", 1)[-1].startswith("_"):
-            continue
-        if isinstance(value, bool) or value is None:
-            value = {True: "true", False: "false", None: "null"}[value]
-        elif not isinstance(value, (int, float, str)):
-            value = str(list(value) if isinstance(value, tuple) else value)
-        out[key] = value
-    return out
-
-
-def register_hparams_metric(logger: TensorBoardLogger, params: dict, metric: str) -> None:
-    """Write TensorBoard's hparams summary naming ``metric`` as the run's metric, without logging a
-    placeholder value for it (``log_hyperparams(params, {metric: 0})`` would put a 0.0 at step 0 on
-    the metric's curve); the metric's real values are logged by ``self.log`` as training goes.
-    ``params`` are ``hparams_for_board``'s; written with torch's public ``summary.hparams`` and the
-    ``SummaryWriter``'s ``file_writer``."""
-    from torch.utils.tensorboard.summary import hparams
-
-    for summary in hparams(params, {metric: 0}):
-        logger.experiment.file_writer.add_summary(summary)
-
-
-def classification_metrics(names: list[str]) -> MetricCollection:
-    """The evaluation metrics for ``K = len(names)`` classes, unprefixed (``clone(prefix="val_")`` names them).
-
-    Each is updated with ``preds (B,)`` and ``labels (B,)``, class indices in ``0..K-1``.
-    K = 2: ``acc`` (``BinaryAccuracy``) and ``f1`` (``BinaryF1Score``, class 1 the positive one), as
-    for SST-2 always. K > 2: ``acc`` (``MulticlassAccuracy``, micro: the share of rows right),
-    ``macro_f1`` (``MulticlassF1Score``, the mean of the per-class F1) and ``f1``, a ``ClasswiseWrapper``
-    of the per-class F1 whose ``compute()`` is a dict ``{"f1_<name>": value}`` (in a collection
-    prefixed ``val_``: ``val_f1_<name>``).
-    """
-    if len(names) == 2:
-        return MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score()})
-    k = len(names)
-    # No compute groups: torchmetrics would have macro_f1 share the per-class F1's states, but Lightning
-    # resets macro_f1 (a logged Metric object) and not the per-class F1 (computed by this module): apart,
-    # each keeps its own, whatever resets them when.
-    return MetricCollection({
-        "acc": MulticlassAccuracy(num_classes=k, average="micro"),
-        "macro_f1": MulticlassF1Score(num_classes=k, average="macro"),
-        "f1": ClasswiseWrapper(MulticlassF1Score(num_classes=k, average=None), labels=list(names), prefix="f1_"),
-    }, compute_groups=False)
-
-
-def confusion_matrix(num_labels: int) -> Metric:
-    """``BinaryConfusionMatrix`` (K = 2) or ``MulticlassConfusionMatrix(K)``, updated with ``preds (B,)``
-    and ``labels (B,)``; ``compute()`` gives the counts ``(K, K)``, row = true class, column = predicted."""
-    return BinaryConfusionMatrix() if num_labels == 2 else MulticlassConfusionMatrix(num_classes=num_labels)
-
-
-def confusion_figure(confusion: Metric, counts: torch.Tensor, names: list[str], title: str) -> Figure:
-    """``counts (K, K)`` drawn by torchmetrics' ``confusion.plot`` (class names on the axes, counts in
-    the cells) on a matplotlib ``Figure`` with the Agg canvas: no display, and nothing left in pyplot's
-    state (so nothing to close, and a user's own backend is left alone)."""
-    side = min(12.0, 2.5 + 0.6 * len(names))  # inches: room for K names
-    fig = Figure(figsize=(side, side), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    confusion.plot(counts.cpu(), ax=ax, labels=list(names))
-    ax.set_title(title)
-    return fig
 
 
 class LoRAClassifier(pl.LightningModule):

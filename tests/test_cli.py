@@ -92,16 +92,6 @@ def test_fit_validate_test_on_real_data(tmp_path, glue_dir, packaged_model):
     assert sorted(p.name for p in log_dir.parent.iterdir()) == [log_dir.name]  # no new version beside the run
 
 
-def test_hparams_tab_shows_options_not_internals():
-    """The HPARAMS tab: no LightningCLI internals (_class_path, _instantiator), booleans and None as words."""
-    from lora_lightning.model import hparams_for_board
-
-    shown = hparams_for_board({"r": 4, "_instantiator": "x", "data._class_path": "y", "use_dora": False,
-                               "loraplus_lr_ratio": None, "target_modules": ["query", "value"], "learning_rate": 1e-3})
-    assert shown == {"r": 4, "use_dora": "false", "loraplus_lr_ratio": "null", "target_modules": "['query', 'value']",
-                     "learning_rate": 1e-3}
-
-
 @pytest.mark.parametrize("extra, message", [
     (["--data.data_dir", "/nonexistent/SST-2"], "error: data.data_dir: SST-2 folder /nonexistent/SST-2 does not exist"),
     (["--model.r", "0"], "error: model.r must be an integer >= 1, got r=0"),
