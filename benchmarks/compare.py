@@ -49,6 +49,7 @@ RECIPES = {
     "default-lr2e-3": ["--model.learning_rate", "2e-3"],
     "all-r4": ["--model.target_modules", ALL_LINEARS],
     "all-r4-lr2e-3": ["--model.target_modules", ALL_LINEARS, "--model.learning_rate", "2e-3"],
+    "all-r4-dropout0": ["--model.target_modules", ALL_LINEARS, "--model.backbone_dropout", "0.0"],  # the old best's lever
     "all-r8": ["--model.target_modules", ALL_LINEARS, "--model.r", "8"],
     "all-r8-lr2e-3": ["--model.target_modules", ALL_LINEARS, "--model.r", "8", "--model.learning_rate", "2e-3"],
     "all-r16": ["--model.target_modules", ALL_LINEARS, "--model.r", "16"],
