@@ -123,6 +123,36 @@ class ModelCheckpoint(_LightningModelCheckpoint):
                            f"{self.last_model_path}; resume with fit --ckpt_path {self.last_model_path}")
 
 
+class RemoveEmptyRunOnError(Callback):
+    """Removes the run folder a ``fit``/``validate``/``test``/``predict`` created, when it stops on an error a user can
+    fix (``LoRALightningError``: a bad file, option or checkpoint) before writing any checkpoint: such a folder holds
+    only a config and an empty event file, and would crowd TensorBoard and shift the version numbers. A folder that
+    existed before the run, or holds a checkpoint, is never touched; empty parents it leaves are removed up to
+    ``keep`` (the logger's save_dir). The CLI adds it to every run (``cli.LoRACLI``).
+
+    Args:
+        folder: the run's log folder, as the logger will name it.
+        keep: the folder above which nothing is removed.
+    """
+
+    def __init__(self, folder: str, keep: str) -> None:
+        self.folder, self.keep = os.path.abspath(folder), os.path.abspath(keep)
+        self.existed = os.path.exists(self.folder)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.existed or not isinstance(exception, LoRALightningError) or not trainer.is_global_zero:
+            return
+        if not os.path.isdir(self.folder) or any(name.endswith(".ckpt") for _, _, files in os.walk(self.folder) for name in files):
+            return
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+        parent = os.path.dirname(self.folder)
+        while parent.startswith(self.keep + os.sep) and os.path.isdir(parent) and not os.listdir(parent):
+            os.rmdir(parent)
+            parent = os.path.dirname(parent)
+
+
 class ResumeSafeSaveConfig(SaveConfigCallback):
     """LightningCLI's ``SaveConfigCallback`` that never overwrites a run's ``config.yaml`` and never
     fails because one exists: a run resumed into its own folder writes ``config.resume-N.yaml``

@@ -28,13 +28,13 @@ import yaml
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from lora_lightning.callbacks import ResumeSafeSaveConfig, interactive
+from lora_lightning.callbacks import RemoveEmptyRunOnError, ResumeSafeSaveConfig, interactive
 from lora_lightning.checkpoint import (LABEL_OPTIONS, STRUCTURE_OPTIONS, TRAINING_OPTIONS, check_checkpoint,
                                       normalise_hparam)
 from lora_lightning.data import SST2DataModule, TextClassificationDataModule
 from lora_lightning.errors import (DataFileError, LoRALightningError, LoRALightningWarning, OneLineErrors, OptionError,
                                    command_line)
-from lora_lightning.tables import not_found
+from lora_lightning.tables import FORMATS, not_found
 from lora_lightning.model import LoRAClassifier
 
 CONFIG_DIRS = (Path(__file__).resolve().parent / "configs",)
@@ -233,31 +233,68 @@ class LoRACLI(LightningCLI):
                    "test": ("test_file",), "predict": ("predict_file",)}
 
     def _check_data_files(self, config) -> None:
-        """Data file options as absolute paths (so a run's ``config.yaml`` resolves from any folder), and a missing
-        file the subcommand reads refused in one line: the option, the folder it was looked for in, and the config
-        that gave the value (an example file of a shipped config, or a run's config whose data has moved).
+        """Check the data file options before anything runs, and report every problem in one line.
+
+        - a file the subcommand reads (``STAGE_FILES``) that does not exist: the option, the folder it was looked
+          for in, and the config that gave the value (a shipped config's example, or a run's config whose data
+          has moved);
+        - a file option with an extension no reader takes;
+        - a shipped config's example file left in place beside a train file of the user's own (``own-data.yaml``'s
+          ``test_file`` / ``predict_file`` next to ``--data.train_file mine.csv``): it would be read, or saved in
+          the run's config and predicted on later, with no word.
+
+        Data file options are then absolute paths, so a run's ``config.yaml`` resolves from any folder.
 
         Raises:
-            DataFileError: a file the subcommand reads does not exist.
+            DataFileError: naming each problem found.
         """
         data = data_args(config)
         names = [n for n in data.keys() if n.endswith("_file") or n == "data_dir"]
         needed = list(self.STAGE_FILES.get(self.subcommand, ()))
         if self.subcommand == "validate" and data.get("validation_file") is None:
             needed.append("train_file")
+        sources = {n: self._source_of(config, n, data.get(n)) for n in names if data.get(n) is not None}
+        problems, missing = [], {}
         for name in names:
             value = data.get(name)
             if value is None:
                 continue
             path = Path(str(value)).expanduser()
-            if path.exists():
-                data[name] = str(path.resolve())
-            elif name in needed:
-                raise DataFileError(f"{not_found(f'data.{name}', path)}{self._source_of(config, name, value)}")
+            known = FORMATS if name != "predict_file" else {**FORMATS, ".txt": "lines"}
+            if name.endswith("_file") and path.suffix.lower() not in known and path.suffix:
+                problems.append(f"data.{name}: {path}: unknown file type {path.suffix!r} (expected {', '.join(known)})")
+            elif not path.exists() and name in needed:
+                missing.setdefault(sources.get(name), []).append((name, path))
+        for source, files in missing.items():  # one sentence per config the missing values came from
+            if len(files) == 1:
+                problems.append(not_found(f"data.{files[0][0]}", files[0][1]) + self._source_hint(source, files[0][0]))
+                continue
+            where = "" if all(p.is_absolute() for _, p in files) else f" (looked for in {Path.cwd()})"
+            listed = ", ".join(f"data.{n}: {p}" for n, p in files)
+            hint = self._source_hint(source, "X")
+            if hint:
+                hint = hint.replace("the value is", "the values are").replace("example file:", "example files:") \
+                           .replace("give --data.X your own file, or --data.X null", "give each your own file, or null") \
+                           .replace("give --data.X the file's path now, or --data.X null", "give each file's path now, or null")
+            problems.append(f"{listed}: files not found{where}{hint}")
+        if "train_file" in data and data.get("train_file") is not None and not (sources["train_file"] or (None, False))[1]:
+            examples = [n for n in names if n != "train_file" and (sources.get(n) or (None, False))[1]]
+            if examples:
+                config_name = sources[examples[0]][0].name
+                problems.append(f"{', '.join(f'data.{n}' for n in examples)} still hold{'s' if len(examples) == 1 else ''} "
+                                f"{config_name}'s example file{'s' if len(examples) > 1 else ''} beside your data.train_file: "
+                                f"give each your own file, or null ({' '.join(f'--data.{n} null' for n in examples)})")
+        if problems:
+            raise DataFileError("; ".join(problems))
+        for name in names:
+            value = data.get(name)
+            if value is not None and Path(str(value)).expanduser().exists():
+                data[name] = str(Path(str(value)).expanduser().resolve())
 
     @staticmethod
-    def _source_of(config, name: str, value) -> str:
-        """`` (given by X: ...)`` naming the ``--config`` file that set ``data.<name>`` to ``value``, if one did."""
+    def _source_of(config, name: str, value) -> tuple[Path, bool] | None:
+        """The ``--config`` file that set ``data.<name>`` to ``value`` (the last that did), and whether it is one the
+        package ships; ``None`` when the value came from the command line (or a default)."""
         for cfg in reversed(config.get("config") or []):
             cfg_path = Path(str(getattr(cfg, "absolute", cfg) or cfg))
             try:
@@ -265,13 +302,19 @@ class LoRACLI(LightningCLI):
             except (OSError, yaml.YAMLError):
                 continue
             data = loaded.get("data") or {}
-            if (data.get("init_args") or data).get(name) != value:
-                continue
-            if cfg_path.resolve().parent in [d.resolve() for d in CONFIG_DIRS]:
-                return (f"; the value is {cfg_path.name}'s example file: give --data.{name} your own file, "
-                        f"or --data.{name} null")
-            return f"; the value comes from {cfg_path}: give --data.{name} the file's path now, or --data.{name} null"
-        return ""
+            if (data.get("init_args") or data).get(name) == value:
+                return cfg_path, cfg_path.resolve().parent in [d.resolve() for d in CONFIG_DIRS]
+        return None
+
+    @staticmethod
+    def _source_hint(source: tuple[Path, bool] | None, name: str) -> str:
+        """What to do about a missing file, by where its value came from."""
+        if source is None:
+            return ""
+        cfg_path, shipped = source
+        if shipped:
+            return f"; the value is {cfg_path.name}'s example file: give --data.{name} your own file, or --data.{name} null"
+        return f"; the value comes from {cfg_path}: give --data.{name} the file's path now, or --data.{name} null"
 
     def _evaluate_in_run_folder(self, ckpt: Path, init) -> None:
         """Log ``validate`` / ``test`` / ``predict --ckpt_path <run>/checkpoints/...`` inside that run's folder,
@@ -299,6 +342,15 @@ class LoRACLI(LightningCLI):
         init["save_dir"], init["name"], init["version"] = str(run.parent.parent), run.parent.name, run.name
         rank_zero_info(f"Resuming the run in {run}")
 
+    def _guard_run_folder(self) -> None:
+        """Before each subcommand: a run stopped by a user's error leaves no empty run folder behind
+        (``callbacks.RemoveEmptyRunOnError``)."""
+        logger = self.trainer.logger
+        if logger is not None and getattr(logger, "save_dir", None) and self.trainer.log_dir:
+            self.trainer.callbacks.append(RemoveEmptyRunOnError(self.trainer.log_dir, logger.save_dir))
+
+    before_fit = before_validate = before_test = before_predict = _guard_run_folder
+
     def after_fit(self) -> None:
         """Say where the run went, and the commands that come next."""
         trainer = self.trainer
@@ -322,7 +374,9 @@ class LoRACLI(LightningCLI):
                 lines += ["Next:",
                           f"  tensorboard --logdir {Path(log_dir).parent.parent}",
                           f"  python -m lora_lightning validate {run_config}--ckpt_path {best}",
-                          f"  python -m lora_lightning test {run_config}--ckpt_path {best}"]
+                          f"  python -m lora_lightning test {run_config}--ckpt_path {best}",
+                          f"  python -m lora_lightning predict {run_config}--ckpt_path {best}",
+                          f"  python -m lora_lightning export --ckpt_path {best} --output_dir exports/{Path(log_dir).parent.name}"]
         print("\n".join(lines), flush=True)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -173,5 +174,10 @@ def export_main(args: list[str] | None = None) -> Path:
 
     class ExportParser(OneLineErrors, ArgumentParser):
         pass
+
+    given = args if args is not None else sys.argv[1:]
+    if any(a == "--config" or a.startswith("--config=") for a in given):
+        raise OptionError("export takes no --config: the checkpoint holds the model, its options and its classes; "
+                          "pass --ckpt_path <best> --output_dir DIR (and --format merged|adapter)")
 
     return CLI(export, args=args, as_positional=False, prog="python -m lora_lightning export", parser_class=ExportParser)

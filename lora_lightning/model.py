@@ -317,7 +317,12 @@ class LoRAClassifier(pl.LightningModule):
         (``<stage>_confusion_matrix``, at ``global_step``) except in the sanity check."""
         metrics = getattr(self, f"{stage}_metrics")
         fitting = self.trainer.state.fn == "fit"
-        step = self.global_step if fitting or self._loaded_step is None else self._loaded_step
+        # Lightning logs a validation inside fit at the index of the step it follows (global_step - 1): the figures, and
+        # a validate / test of a checkpoint, go to that same step, on top of the fit's own point for that checkpoint
+        if fitting:
+            step = max(0, self.global_step - 1)
+        else:
+            step = self.global_step if self._loaded_step is None else max(0, self._loaded_step - 1)
         for metric in metrics.values(copy_state=False):
             if isinstance(metric, ClasswiseWrapper):  # compute() syncs across processes; sync_dist averages equal values
                 self.log_dict({f"{metrics.prefix}{k}": v for k, v in metric.compute().items()}, sync_dist=True)

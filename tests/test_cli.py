@@ -83,12 +83,15 @@ def test_fit_validate_test_on_real_data(tmp_path, glue_dir, packaged_model):
     assert 0.6 < float(tested.trainer.callback_metrics["test_acc"]) <= 1.0
     state = torch.load(best, map_location="cpu", weights_only=True)
     assert state["hyper_parameters"]["r"] == 4
-    # TensorBoard: the evaluation runs sit inside the run they evaluate, their points at the checkpoint's step
+    # TensorBoard: the evaluation runs sit inside the run they evaluate, their points on the step where fit logged
+    # that checkpoint's validation (on top of the training run's own val_acc point)
+    fit_steps = [e.step for e in EventAccumulator(str(log_dir)).Reload().Scalars("val_acc")]
+    assert fit_steps[-1] == state["global_step"] - 1
     for stage, tag in (("validate", "val_acc"), ("test", "test_acc")):
         (board,) = (log_dir / stage).glob("version_*/events.out.tfevents.*")
         events = EventAccumulator(str(board))
         events.Reload()
-        assert [e.step for e in events.Scalars(tag)] == [state["global_step"]]
+        assert [e.step for e in events.Scalars(tag)] == [state["global_step"] - 1]
     assert sorted(p.name for p in log_dir.parent.iterdir()) == [log_dir.name]  # no new version beside the run
 
 
@@ -334,10 +337,19 @@ def test_example_file_not_found_says_where_it_came_from(tmp_path, monkeypatch, t
     """A newcomer's first hour: own-data.yaml run from another folder; its example train file is not there. The
     error names the folder looked in and that the value is own-data.yaml's example."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(DataFileError, match=rf"^data.train_file: examples/support-tickets/train.csv: file not found "
-                                            rf"\(looked for in {re.escape(str(tmp_path))}\); the value is own-data.yaml's "
-                                            r"example file: give --data.train_file your own file, or --data.train_file null$"):
+    with pytest.raises(DataFileError, match=rf"^data.train_file: examples/support-tickets/train.csv, data.test_file: "
+                                            rf"examples/support-tickets/test.jsonl: files not found \(looked for in "
+                                            rf"{re.escape(str(tmp_path))}\); the values are own-data.yaml's example files: "
+                                            r"give each your own file, or null$"):
         cli_main(["fit", "--config", "own-data.yaml", "--model.model_name_or_path", tiny_model_dir])
+    # from the repository root, with a train file of one's own: the example test / predict files are not used silently
+    monkeypatch.chdir(ROOT)
+    (tmp_path / "mine.csv").write_text("text,label\nfine,a\nbad,b\n")
+    with pytest.raises(DataFileError, match=r"^data.test_file, data.predict_file still hold own-data.yaml's example files "
+                                            r"beside your data.train_file: give each your own file, or null "
+                                            r"\(--data.test_file null --data.predict_file null\)$"):
+        cli_main(["fit", "--config", "own-data.yaml", "--model.model_name_or_path", tiny_model_dir,
+                  "--data.train_file", str(tmp_path / "mine.csv")])
 
 
 def test_shipped_own_data_example_reads(monkeypatch):
@@ -349,7 +361,7 @@ def test_shipped_own_data_example_reads(monkeypatch):
     dm = TextClassificationDataModule(**{k: v for k, v in init.items()})
     assert dm.id2label == {0: "account", 1: "billing", 2: "delivery", 3: "technical"}
     raw = dm.load_raw()
-    assert len(raw["train"]) == 400 and len(raw["test"]) == 80 and set(raw["test"]["label"]) == {0, 1, 2, 3}
+    assert len(raw["train"]) == 380 and len(raw["test"]) == 70 and set(raw["test"]["label"]) == {0, 1, 2, 3}
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -392,3 +404,19 @@ def test_label_codes_come_back_as_written(tmp_path, monkeypatch, tiny_model_dir)
     assert main(["export", "--ckpt_path", last, "--output_dir", str(tmp_path / "merged")]) == 0
     (out,) = pipeline("text-classification", model=str(tmp_path / "merged"), top_k=None)(["a superb movie"])
     assert {o["label"] for o in out} == {"01", "02", "10"}
+
+
+def test_a_run_stopped_by_a_users_error_leaves_no_empty_folder(tmp_path, monkeypatch, tiny_model_dir):
+    """A newcomer's first hour: fit stopped by a bad test label (found at setup) leaves no version folder holding
+    only a config and an empty event file; a folder with a checkpoint, or one that was there before, is kept."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.csv").write_text("text,label\nfine,a\nbad,b\ngood,a\nawful,b\n")
+    (tmp_path / "test.csv").write_text("text,label\nok,c\n")
+    args = ["fit", "--config", "own-data.yaml", "--model.model_name_or_path", tiny_model_dir, "--data.train_file",
+            "train.csv", "--data.test_file", "test.csv", "--data.predict_file", "null", "--data.val_fraction", "0.5",
+            "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu"]
+    assert main(args) == 2
+    assert not (tmp_path / "lightning_logs" / "own-data").exists()
+    (tmp_path / "test.csv").write_text("text,label\nok,a\n")
+    assert main(args) == 0
+    assert sorted(p.name for p in (tmp_path / "lightning_logs" / "own-data").iterdir()) == ["version_0"]

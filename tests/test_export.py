@@ -208,6 +208,10 @@ def test_export_option_errors_are_one_line(capsys):
     assert main(["export", "--ckpt_pth", "x.ckpt", "--output_dir", "out"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unrecognized arguments: --ckpt_pth x.ckpt; did you mean --ckpt_path?") and err.count("\n") == 1
+    # a newcomer passing the run's config, as to test and predict: one line saying export needs only the checkpoint
+    assert main(["export", "--config", "run/config.yaml", "--ckpt_path", "x.ckpt", "--output_dir", "out"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: export takes no --config: the checkpoint holds the model") and err.count("\n") == 1
 
 
 def test_three_label_model_exports_its_labels(tiny_model_dir, tmp_path, capsys):

@@ -456,8 +456,13 @@ def test_three_class_training_logs_per_class_f1_and_confusion_figures(tiny_model
     tested = t.test(model, val, verbose=False)[0]
     assert set(tested) == {"test_loss", "test_acc", "test_macro_f1", "test_f1_low", "test_f1_high", "test_f1_so so"}
     assert {k.replace("test_", "val_"): v for k, v in tested.items() if k != "test_loss"} == pytest.approx(expected, abs=1e-6)
-    assert images(logger.log_dir) == {"val_confusion_matrix": [steps_per_epoch * e for e in range(1, 7)],
+    assert images(logger.log_dir) == {"val_confusion_matrix": [steps_per_epoch * e - 1 for e in range(1, 7)],
                                       "test_confusion_matrix": [6 * steps_per_epoch]}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()  # each figure on the same step as its validation's scalars
+    assert [e.step for e in events.Scalars("val_acc")] == images(logger.log_dir)["val_confusion_matrix"]
 
 
 def test_two_class_model_keeps_its_binary_metrics(tiny_model_dir, tmp_path):

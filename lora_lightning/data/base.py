@@ -551,7 +551,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
                 raise DataFileError(f"the data module is not set up: call setup({stage!r}) (or let a Trainer do it) "
                                     f"before {name}_dataloader()")
             if name == "test":
-                raise DataFileError(f"test needs labeled rows: pass {option('data', 'test_file')}")
+                flag = option("data", "test_file")
+                raise DataFileError(f"test needs labeled rows: pass {'--' + flag if '.' in flag else flag}")
         ds = self.datasets[name]
         hp = self.hparams
         # On CUDA: lengths padded to a multiple of 8 (Tensor Core shapes, and few distinct shapes for compiled /

@@ -204,8 +204,11 @@ class SST2DataModule(TextClassificationDataModule):
                 "predict": raw["test"].remove_columns("label").rename_column("idx", "index")}
 
     def prepare_data(self) -> None:
-        """Download / cache SST-2 (when it comes from the Hub) and the tokenizer once (no state is set)."""
-        if find_data_dir(self.hparams.data_dir) is None:
+        """Download / cache SST-2 (when it comes from the Hub and the stage reads it: not ``predict`` on a
+        ``predict_file``) and the tokenizer once (no state is set)."""
+        trainer = getattr(self, "trainer", None)
+        own_rows = self.files["predict"] is not None and trainer is not None and trainer.state.fn == "predict"
+        if find_data_dir(self.hparams.data_dir) is None and not own_rows:
             self._hub()
         super().prepare_data()
 
