@@ -28,7 +28,7 @@ def test_text_file_rows_in_order(tiny_ckpt, tiny_model_dir, toy_glue_dir, tmp_pa
     assert rows[0] == ["sentence", "label", "probability"]
     assert [r[0] for r in rows[1:]] == lines  # 5 rows, input order, empty and long lines included
     assert all(r[1] in {"negative", "positive"} and 0.5 <= float(r[2]) <= 1 for r in rows[1:])
-    # batches run sorted by length; the file is in input order either way, with the same numbers
+    # predict batches run in file order (sort_eval_by_length is for val/test): the same file either way
     unsorted = run_predict(tiny_ckpt, tiny_model_dir, toy_glue_dir, tmp_path / "out2.tsv", predict_file=str(src),
                            sort_eval_by_length=False)
     assert unsorted == rows
@@ -63,3 +63,19 @@ def test_limited_predict_batches_say_what_to_do(tiny_ckpt, tiny_model_dir, toy_g
         run_predict(tiny_ckpt, tiny_model_dir, toy_glue_dir, out, trainer_kw={"limit_predict_batches": 1},
                     eval_batch_size=4)
     assert not out.exists()
+
+
+def test_predicting_own_sentences_needs_no_glue_data(tiny_ckpt, tiny_model_dir, tmp_path, monkeypatch):
+    """A newcomer's first hour: `predict --config sst2.yaml --data.predict_file my.txt` with no GLUE_DIR and no
+    network reads only the file (not SST-2 from the Hub)."""
+    from lora_lightning.cli import cli_main
+
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my.txt").write_text("the film is great\na dull movie\n")
+    predicted = cli_main(["predict", "--config", "sst2.yaml", "--model.model_name_or_path", tiny_model_dir,
+                          "--ckpt_path", tiny_ckpt, "--data.predict_file", "my.txt", "--trainer.accelerator", "cpu"])
+    from pathlib import Path
+
+    rows = (Path(predicted.trainer.log_dir) / "predictions.tsv").read_text().splitlines()
+    assert rows[0] == "sentence\tlabel\tprobability" and len(rows) == 3
