@@ -266,17 +266,13 @@ class LoRACLI(LightningCLI):
             elif not path.exists() and name in needed:
                 missing.setdefault(sources.get(name), []).append((name, path))
         for source, files in missing.items():  # one sentence per config the missing values came from
+            names = [n for n, _ in files]
             if len(files) == 1:
-                problems.append(not_found(f"data.{files[0][0]}", files[0][1]) + self._source_hint(source, files[0][0]))
+                problems.append(not_found(f"data.{names[0]}", files[0][1]) + self._source_hint(source, names))
                 continue
             where = "" if all(p.is_absolute() for _, p in files) else f" (looked for in {Path.cwd()})"
             listed = ", ".join(f"data.{n}: {p}" for n, p in files)
-            hint = self._source_hint(source, "X")
-            if hint:
-                hint = hint.replace("the value is", "the values are").replace("example file:", "example files:") \
-                           .replace("give --data.X your own file, or --data.X null", "give each your own file, or null") \
-                           .replace("give --data.X the file's path now, or --data.X null", "give each file's path now, or null")
-            problems.append(f"{listed}: files not found{where}{hint}")
+            problems.append(f"{listed}: files not found{where}{self._source_hint(source, names)}")
         if "train_file" in data and data.get("train_file") is not None and not (sources["train_file"] or (None, False))[1]:
             examples = [n for n in names if n != "train_file" and (sources.get(n) or (None, False))[1]]
             if examples:
@@ -307,14 +303,19 @@ class LoRACLI(LightningCLI):
         return None
 
     @staticmethod
-    def _source_hint(source: tuple[Path, bool] | None, name: str) -> str:
-        """What to do about a missing file, by where its value came from."""
+    def _source_hint(source: tuple[Path, bool] | None, names: list[str]) -> str:
+        """What to do about missing files (the options ``names``), by the config their values came from."""
         if source is None:
             return ""
         cfg_path, shipped = source
+        many, one = len(names) > 1, names[0]
         if shipped:
-            return f"; the value is {cfg_path.name}'s example file: give --data.{name} your own file, or --data.{name} null"
-        return f"; the value comes from {cfg_path}: give --data.{name} the file's path now, or --data.{name} null"
+            what = f"the value{'s are' if many else ' is'} {cfg_path.name}'s example file{'s' if many else ''}"
+            fix = "give each your own file, or null" if many else f"give --data.{one} your own file, or --data.{one} null"
+        else:
+            what = f"the value{'s come' if many else ' comes'} from {cfg_path}"
+            fix = "give each file's path now, or null" if many else f"give --data.{one} the file's path now, or --data.{one} null"
+        return f"; {what}: {fix}"
 
     def _evaluate_in_run_folder(self, ckpt: Path, init) -> None:
         """Log ``validate`` / ``test`` / ``predict --ckpt_path <run>/checkpoints/...`` inside that run's folder,
