@@ -345,10 +345,12 @@ class LoRACLI(LightningCLI):
 
     def _guard_run_folder(self) -> None:
         """Before each subcommand: a run stopped by a user's error leaves no empty run folder behind
-        (``callbacks.RemoveEmptyRunOnError``)."""
+        (``callbacks.RemoveEmptyRunOnError``); on CUDA, the model's float32 matmul precision is set first."""
         logger = self.trainer.logger
         if logger is not None and getattr(logger, "save_dir", None) and self.trainer.log_dir:
             self.trainer.callbacks.append(RemoveEmptyRunOnError(self.trainer.log_dir, logger.save_dir))
+        if self.trainer.strategy.root_device.type == "cuda":  # before the Trainer's own Tensor Core hint
+            self.model.set_matmul_precision()
 
     before_fit = before_validate = before_test = before_predict = _guard_run_folder
 

@@ -364,8 +364,9 @@ class LoRAClassifier(pl.LightningModule):
         accumulate = self.trainer.accumulate_grad_batches
         position = self.global_step * accumulate + batch_idx % accumulate  # = global_step without accumulation
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        seed = self.dropout_seed if self.dropout_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
         with torch.random.fork_rng(devices=devices, device_type="cuda"):
-            torch.manual_seed((self.dropout_seed * 1_000_003 + position) % 2**63)
+            torch.manual_seed((seed * 1_000_003 + position) % 2**63)
             yield
 
     def on_fit_start(self) -> None:
@@ -427,11 +428,7 @@ class LoRAClassifier(pl.LightningModule):
             self.model.forward = torch.compile(self.model.forward, dynamic=True,
                                                mode=self.hparams.get("compile_mode", "default"))
         if self.trainer.strategy.root_device.type == "cuda":
-            wanted = self.hparams.get("float32_matmul_precision", "high")
-            if torch.get_float32_matmul_precision() != wanted:
-                torch.set_float32_matmul_precision(wanted)
-                rank_zero_info(f"CUDA: float32 matmuls at precision {wanted!r} ({option('model', 'float32_matmul_precision')}"
-                               f"; 'high' uses TensorFloat-32 on Tensor Cores, 'highest' full float32)")
+            self.set_matmul_precision()
         precision = str(self.trainer.precision)
         if precision in ("bf16-true", "16-true"):
             rank_zero_warn(f"trainer.precision={precision}: LoRA and the head train in half precision too; "
@@ -447,6 +444,15 @@ class LoRAClassifier(pl.LightningModule):
         wanted = {"bfloat16": "bf16-mixed", "float16": "16-mixed"}[dtype]
         if precision != wanted:
             raise OptionError(f"model.torch_dtype={dtype} needs trainer.precision={wanted}, got trainer.precision={precision}")
+
+    def set_matmul_precision(self) -> None:
+        """``torch.set_float32_matmul_precision(float32_matmul_precision)`` for a CUDA run, said in one line (the
+        CLI calls it before the Trainer starts, so Lightning's Tensor Core hint does not come first)."""
+        wanted = self.hparams.get("float32_matmul_precision", "high")
+        if torch.get_float32_matmul_precision() != wanted:
+            torch.set_float32_matmul_precision(wanted)
+            rank_zero_info(f"CUDA: float32 matmuls at precision {wanted!r} ({option('model', 'float32_matmul_precision')}"
+                           f"; 'high' uses TensorFloat-32 on Tensor Cores, 'highest' full float32)")
 
     def _check_classes(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
