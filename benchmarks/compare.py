@@ -3,7 +3,7 @@
     python -m benchmarks.compare --recipes default,all-r4 --seeds 42,43 --epochs 1 \\
         --json_path benchmarks/results/screen.json                      # the screen: 1 epoch, 2 seeds
     python -m benchmarks.compare --recipes default,best,full --seeds 42,43,44   # the finals: 3 seeds
-    python -m benchmarks.compare --recipes default,best,full --run false       # the tables of what ran
+    python -m benchmarks.compare --recipes default,best,full --run_missing false  # the tables of what ran
 
 A recipe is ``configs/sst2.yaml`` plus its own arguments (``RECIPES``). Each (recipe, seed) is ``fit``
 with ``--seed_everything <seed>`` (initialisation, dropout and batch order; the train/val split stays
@@ -274,11 +274,14 @@ def main(recipes: str = "best,full", seeds: str = "42,43,44", epochs: int | None
         recipes: comma-separated names from ``RECIPES``.
         seeds: comma-separated ``seed_everything`` values.
         epochs: override the recipes' ``max_epochs`` (``None``: each recipe's own, 3 unless it says).
-        json_path: results file, read first and rewritten after every run; its ``summary`` covers the
-            runs of ``recipes`` and ``seeds`` (with ``epochs``, when given).
+        json_path: results file, read first and rewritten after every run; its ``summaries`` keep, per
+            ``"epochs=<epochs> recipes=<recipes>"``, the statistics of those recipes' runs on ``seeds``.
         log_dir: TensorBoard / checkpoint folder; runs go to ``<log_dir>/compare/<recipe>-seed<seed>-<time>``.
         extra: more ``fit`` arguments for every run.
         run_missing: ``false``: run nothing, only print the tables of what is in ``json_path``.
+
+    Returns:
+        The file's content, plus ``"summary"``: this call's statistics (``summary``).
 
     Raises:
         ValueError: an unknown recipe.
@@ -307,10 +310,11 @@ def main(recipes: str = "best,full", seeds: str = "42,43,44", epochs: int | None
             path.write_text(json.dumps(results, indent=1) + "\n")
     result = summary([r for r in results["runs"] if mine(r)], order=wanted)
     print_summary(result)
-    results["summary"] = result
+    results.pop("summary", None)
+    results.setdefault("summaries", {})[f"epochs={epochs} recipes={recipes}"] = result
     if path.exists():
         path.write_text(json.dumps(results, indent=1) + "\n")
-    return results
+    return {**results, "summary": result}
 
 
 if __name__ == "__main__":

@@ -53,4 +53,7 @@ def test_compare_runs_tests_and_resumes(tiny_model_dir, toy_glue_dir, tmp_path):
     assert test["only_a_right"] - test["only_b_right"] == default["dev_correct"] - full["dev_correct"]
     before = out.read_text()
     again = compare.main("default,full", seeds="7", json_path=str(out), extra="--no-such-option 1")
-    assert json.loads(before)["runs"] == again["runs"] and json.loads(out.read_text()) == json.loads(before)
+    after = json.loads(out.read_text())
+    assert json.loads(before)["runs"] == again["runs"] == after["runs"]  # nothing ran again
+    summaries = after["summaries"]  # each call's tables kept under its own key
+    assert summaries["epochs=None recipes=default,full"] == summaries["epochs=1 recipes=default,full"] == again["summary"]
