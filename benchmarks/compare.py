@@ -190,6 +190,12 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def mean_or_none(values: list[float | None]) -> float | None:
+    """The mean of the values that are not ``None`` (a run cut short has no fit time), to 0.1; ``None`` if none."""
+    known = [v for v in values if v is not None]
+    return round(statistics.fmean(known), 1) if known else None
+
+
 def pearson(x: list[float], y: list[float]) -> float | None:
     """Pearson's correlation of ``x`` and ``y`` (``None`` for fewer than 3 points or no spread)."""
     if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
@@ -216,7 +222,7 @@ def summary(runs: list[dict], order: list[str] | None = None) -> dict:
         recipes.append({"recipe": n, "seeds": sorted(by[n]), "trainable_pct": one["trainable_pct"],
                         "val_acc_mean": round(val[0], 4), "val_acc_sd": round(val[1], 4),
                         "dev_acc_mean": round(dev[0], 4), "dev_acc_sd": round(dev[1], 4),
-                        "fit_minutes_mean": round(statistics.fmean(r["fit_minutes"] for r in by[n].values()), 1)})
+                        "fit_minutes_mean": mean_or_none([r.get("fit_minutes") for r in by[n].values()])})
     per_seed, pooled = [], []
     for a, b in combinations(names, 2):
         seeds = sorted(set(by[a]) & set(by[b]))
@@ -255,7 +261,7 @@ def print_summary(result: dict) -> None:
     for r in result["recipes"]:
         print(f"{r['recipe']:16} {','.join(map(str, r['seeds'])):>10} {r['trainable_pct']:>11.3f} "
               f"{r['val_acc_mean']:.4f}±{r['val_acc_sd']:.4f} {r['dev_acc_mean']:.4f}±{r['dev_acc_sd']:.4f} "
-              f"{r['fit_minutes_mean']:>6.1f}")
+              f"{r['fit_minutes_mean'] if r['fit_minutes_mean'] is not None else '-':>6}")
     for t in result["per_seed"] + result["pooled"]:
         seeds = f"seed {t['seed']}" if "seed" in t else f"pooled {','.join(map(str, t['seeds']))}"
         print(f"{seeds}: {t['a']} - {t['b']} = {t['difference']:+.4f} (only {t['a']} right {t['only_a_right']}, "

@@ -30,6 +30,24 @@ def test_paired_bootstrap_interval():
     assert 0.1 < low < 0.2 < high < 0.3 and p < 0.01
 
 
+def test_summary_means_pools_and_tolerates_a_cut_run():
+    """Two recipes x two seeds on 4 dev sentences: means and sds per recipe, the pooled McNemar counts every
+    (seed, sentence) pair, val - dev per run, and a run cut short (fit_minutes None) leaves the time mean to the others."""
+    def rec(recipe, seed, preds, val, minutes):
+        return {"recipe": recipe, "seed": seed, "trainable_pct": 1.0, "val_acc": val, "fit_minutes": minutes,
+                "dev_predictions": preds, "dev_labels": "1100", "dev_acc": sum(p == y for p, y in zip(preds, "1100")) / 4}
+    runs = [rec("a", 1, "1100", 0.9, 10.0), rec("a", 2, "1101", 0.8, None),
+            rec("b", 1, "0000", 0.6, 4.0), rec("b", 2, "0100", 0.7, 6.0)]
+    result = compare.summary(runs, order=["b", "a"])
+    b, a = result["recipes"]
+    assert (a["recipe"], a["dev_acc_mean"], a["fit_minutes_mean"]) == ("a", 0.875, 10.0)
+    assert (b["dev_acc_mean"], b["fit_minutes_mean"], b["val_acc_mean"]) == (0.625, 5.0, 0.65)
+    assert math.isclose(a["dev_acc_sd"], 0.1768, abs_tol=1e-4)  # sample sd of 1.0 and 0.75
+    (pooled,) = result["pooled"]
+    assert (pooled["a"], pooled["b"], pooled["only_a_right"], pooled["only_b_right"]) == ("b", "a", 1, 3)
+    assert pooled["difference"] == -0.25
+    assert [g["gap"] for g in result["val_vs_dev"]["runs"]] == [-0.1, 0.05, 0.1, -0.05]
+
 def test_compare_runs_tests_and_resumes(tiny_model_dir, toy_glue_dir, tmp_path):
     """Two recipes, one seed: dev predictions match dev_acc, the pair is tested, a second call runs nothing."""
     out = tmp_path / "compare.json"
