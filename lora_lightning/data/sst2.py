@@ -187,7 +187,7 @@ class SST2DataModule(TextClassificationDataModule):
         rank_zero_info(f"SST-2 val split by source sentence ({option('data', 'val_split')}=by_sentence, seed {hp.seed}): val {len(held):,} "
                        f"phrases of {len({groups[i] for i in held}):,} sentences, train {len(keep):,} phrases of "
                        f"{len({g for g in groups if g is not None}) - len({groups[i] for i in held}):,} sentences and "
-                       f"{shared:,} found in several; val phrases inside a train phrase: {overlap:.1%}")
+                       f"{shared:,} phrases found in several sentences (kept in train); val phrases inside a train phrase: {overlap:.1%}")
         return train, val
 
     def _hub(self) -> dict[str, Dataset]:
