@@ -21,7 +21,7 @@ from transformers import AutoConfig, DataCollatorWithPadding
 from lora_lightning.data.limits import model_token_limit
 from lora_lightning.data.samplers import EpochLengthGroupedSampler, SortedLengthBatchSampler
 from lora_lightning.data.splits import duplicate_texts, group_split
-from lora_lightning.errors import DataFileError, LoRALightningWarning, OptionError, option
+from lora_lightning.errors import DataFileError, LoRALightningWarning, OptionError, option, prefix
 from lora_lightning.hub import hub_error, load_tokenizer, resolve_model_path
 from lora_lightning.loaders import ResumableDataLoader, ShardedOrderSampler
 from lora_lightning.tables import (FORMATS, Table, check_columns, check_text, encode_labels, label_values, read_lines,
@@ -551,8 +551,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
                 raise DataFileError(f"the data module is not set up: call setup({stage!r}) (or let a Trainer do it) "
                                     f"before {name}_dataloader()")
             if name == "test":
-                flag = option("data", "test_file")
-                raise DataFileError(f"test needs labeled rows: pass {'--' + flag if '.' in flag else flag}")
+                dashes = "--" if prefix("data") else ""  # a flag on the command line, an argument from Python
+                raise DataFileError(f"test needs labeled rows: pass {dashes}{option('data', 'test_file')}")
         ds = self.datasets[name]
         hp = self.hparams
         # On CUDA: lengths padded to a multiple of 8 (Tensor Core shapes, and few distinct shapes for compiled /
