@@ -56,7 +56,7 @@ def test_compare_runs_tests_and_resumes(tiny_model_dir, toy_glue_dir, tmp_path):
     results = compare.main("default,full", seeds="7", epochs=1, json_path=str(out), log_dir=str(tmp_path / "logs"), extra=extra)
     default, full = results["runs"]
     assert (default["recipe"], full["recipe"]) == ("default", "full") and default["seed"] == full["seed"] == 7
-    assert full["trainable_pct"] == 100.0 and full["learning_rate"] == 5e-5 and default["learning_rate"] == 1e-3
+    assert full["trainable_pct"] == 100.0 and full["learning_rate"] == 1e-4 and default["learning_rate"] == 1e-3
     for r in (default, full):
         assert len(r["dev_predictions"]) == r["dev_n"] == 40  # the toy dev set
         correct = sum(p == y for p, y in zip(r["dev_predictions"], r["dev_labels"]))
