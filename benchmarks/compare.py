@@ -43,7 +43,7 @@ from lora_lightning.cli import cli_main
 from lora_lightning.lora import count_parameters
 
 ALL_LINEARS = "[query,key,value,output.dense,intermediate.dense]"  # attention + FFN, not the pooler's dense
-FULL = ["--config", "configs/sst2-full.yaml"]  # full fine-tuning at lr 1e-4, the lr screen's winner on val_acc
+FULL = ["--config", "configs/sst2-full.yaml"]  # full fine-tuning at the config's lr (its lr screen's winner)
 RECIPES = {
     "default": [],                                                 # r=4 on query+value, lr 1e-3 (the seed's recipe)
     "default-lr2e-3": ["--model.learning_rate", "2e-3"],
@@ -55,7 +55,7 @@ RECIPES = {
     "all-r16": ["--model.target_modules", ALL_LINEARS, "--model.r", "16"],
     "all-r16-lr2e-3": ["--model.target_modules", ALL_LINEARS, "--model.r", "16", "--model.learning_rate", "2e-3"],
     "best": ["--config", "configs/sst2-best.yaml"],                # the study's winner under 1% trainable
-    "full": FULL,                                                  # lr 1e-4, the config's
+    "full": FULL,
     "full-lr2e-5": FULL + ["--model.learning_rate", "2e-5"],
     "full-lr5e-5": FULL + ["--model.learning_rate", "5e-5"],      # the random split's choice
 }

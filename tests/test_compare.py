@@ -48,6 +48,7 @@ def test_summary_means_pools_and_tolerates_a_cut_run():
     assert pooled["difference"] == -0.25
     assert [g["gap"] for g in result["val_vs_dev"]["runs"]] == [-0.1, 0.05, 0.1, -0.05]
 
+
 def test_compare_runs_tests_and_resumes(tiny_model_dir, toy_glue_dir, tmp_path):
     """Two recipes, one seed: dev predictions match dev_acc, the pair is tested, a second call runs nothing."""
     out = tmp_path / "compare.json"
