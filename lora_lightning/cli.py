@@ -447,6 +447,16 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> LoRACLI:
         )
 
 
+def end_process_group() -> None:
+    """Destroy the ``torch.distributed`` process group a multi-process run (``--trainer.strategy ddp``) left:
+    Lightning keeps it after the Trainer ends, and a gloo group torn down at interpreter exit can abort the
+    process ("terminate called without an active exception", exit status -6) after its work is done."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(args: list[str] | None = None) -> int:
     """``cli_main`` (or ``export``) for the shell: a ``LoRALightningError`` prints as one line, exit status 2."""
     argv = sys.argv[1:] if args is None else args
@@ -459,6 +469,7 @@ def main(args: list[str] | None = None) -> int:
                 export_main(argv[1:])
             else:
                 cli_main(args)
+                end_process_group()
     except LoRALightningError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
