@@ -5,7 +5,9 @@ of Lightning only its rank-zero log line.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from pytorch_lightning.utilities import rank_zero_info
@@ -14,7 +16,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from transformers.utils import logging as hf_logging
 
 from lora_lightning.errors import OptionError
-from lora_lightning.hub import hub_error, resolve_model_path
+from lora_lightning.hub import check_model_files, hub_error, resolve_model_path, weights_error
 from lora_lightning.labels import resolve_id2label
 from lora_lightning.lora import matches_target
 
@@ -59,9 +61,13 @@ def load_backbone(model_name_or_path: str, torch_dtype: str | None = None, dropo
         OptionError: ``num_labels < 2`` or a bad ``id2label`` (see ``labels.resolve_id2label``).
         ModelNotFoundError: the model cannot be found locally, in a package, or on the Hub (one line
             that says how to point at a local folder).
+        ModelFileError: a local folder without ``config.json`` or weights, or with a truncated or corrupt
+            weights file (C32), named in one line.
     """
     id2label = resolve_id2label(num_labels, id2label)
     path = resolve_model_path(model_name_or_path)
+    if os.path.isdir(path):
+        check_model_files(model_name_or_path, Path(path))
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
@@ -76,6 +82,11 @@ def load_backbone(model_name_or_path: str, torch_dtype: str | None = None, dropo
         )
     except OSError as error:
         raise hub_error(model_name_or_path, error) from None
+    except Exception as error:  # a damaged weights file: safetensors' own error type, torch's unpickling errors
+        raised = weights_error(model_name_or_path, path, error)
+        if raised is error:
+            raise
+        raise raised from None
     finally:
         hf_logging.set_verbosity(verbosity)
     order = list(model.state_dict())
@@ -164,14 +175,18 @@ class FirstTokenOnly:
 
     Entered by ``LoRAClassifier.forward``, which returns only the logits; a call to the backbone itself
     (``clf.model(ids, output_hidden_states=True)``, ``clf.model.bert(ids)``) gets every position's hidden state.
-    ``enabled`` is ``False`` for a model whose head reads more than the first token (then it does nothing).
+    ``enabled`` is ``False`` for a model whose head reads more than the first token (then it does nothing). It is
+    not active either while ``model`` trains with gradient checkpointing (``gradient_checkpointing_enable()``):
+    the backward pass then runs each layer's forward again, outside this context, and must see what the first
+    forward saw (the whole sequence), or its gradients would not be the model's.
     """
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled, self.active = enabled, False
+    def __init__(self, enabled: bool, model: nn.Module | None = None) -> None:
+        self.enabled, self.active, self.model = enabled, False, model
 
     def __enter__(self) -> "FirstTokenOnly":
-        self._was, self.active = self.active, self.enabled
+        checkpointing = self.model is not None and self.model.training and checkpointing_on(self.model)
+        self._was, self.active = self.active, self.enabled and not checkpointing
         return self
 
     def __exit__(self, *exc) -> None:
@@ -186,6 +201,12 @@ class FirstTokenOnly:
             return None
         attention_output, input_tensor = args
         return attention_output[:, :1], input_tensor[:, :1]
+
+
+def checkpointing_on(model: nn.Module) -> bool:
+    """Whether transformers' activation (gradient) checkpointing is on for ``model``, by either of its names."""
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
 
 
 def last_layer_first_token_only(model: nn.Module) -> FirstTokenOnly:
@@ -206,7 +227,7 @@ def last_layer_first_token_only(model: nn.Module) -> FirstTokenOnly:
     """
     if model.config.model_type not in FIRST_TOKEN_HEADS:
         return FirstTokenOnly(False)
-    context = FirstTokenOnly(True)
+    context = FirstTokenOnly(True, model)
     last = getattr(model, model.base_model_prefix).encoder.layer[-1]
     last.attention.output.register_forward_pre_hook(context.hook)
     return context

@@ -11,12 +11,13 @@ import time
 import warnings
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.callbacks import ModelCheckpoint as _LightningModelCheckpoint
 from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from lora_lightning.errors import LoRALightningError
+from lora_lightning.errors import LoRALightningError, LoRALightningWarning
 
 
 class ModelCheckpoint(_LightningModelCheckpoint):
@@ -30,6 +31,9 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     - at the end of training, if the last step is not saved yet;
     - when ``fit`` is interrupted (Ctrl-C, or any exception but a diverged loss): the state of the
       last completed step, to resume from with ``fit --ckpt_path .../last.ckpt``.
+
+    A validation whose loss or logits are not finite (``val_loss`` NaN, or the model's ``eval_finite`` false) is
+    never a top-k ("best") checkpoint, whatever its score; said in one line (``check_monitor_top_k``).
 
     Arguments are Lightning's; the state key is Lightning's (``ModelCheckpoint{...}``), so
     checkpoints written with either class resume with either. Built on Lightning's public API only:
@@ -62,6 +66,8 @@ class ModelCheckpoint(_LightningModelCheckpoint):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         self._saved_step = trainer.global_step  # a checkpoint (any: top-k, last, the user's) is written at this step
+        if getattr(self, "_interrupted", False):
+            validation_pending(trainer, checkpoint)
 
     def load_state_dict(self, state_dict: dict) -> None:
         if getattr(self, "_stage", "fit") != "fit":
@@ -76,6 +82,9 @@ class ModelCheckpoint(_LightningModelCheckpoint):
                 state[key] = moved(state_dict.get(key, ""))
             state["best_k_models"] = {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()}
             super().load_state_dict(state)
+            last = os.path.join(self.dirpath, f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
+            if self.save_last and os.path.isfile(last):  # the run's last.ckpt is the one to overwrite, however it stopped
+                self.last_model_path = last
             return
         # resumed into another folder: top-k starts afresh there; the best so far stays a path in the old one
         rank_zero_info(f"Resuming in {self.dirpath}; the checkpoint's run kept its checkpoints in "
@@ -85,13 +94,34 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     def write_last(self, trainer: pl.Trainer) -> None:
         """Write ``<dirpath>/last.ckpt`` now (``trainer.save_checkpoint``: atomic, every rank takes part)."""
         path = os.path.join(self.dirpath, f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
-        trainer.save_checkpoint(path, self.save_weights_only)
+        # set first, as Lightning does: the state saved names this file, so a run resumed from it overwrites it
+        # (Lightning would otherwise count versions and write last-v1.ckpt beside it, leaving last.ckpt older)
         self.last_model_path = path
+        trainer.save_checkpoint(path, self.save_weights_only)
 
     def _save_last_if_behind(self, trainer: pl.Trainer) -> None:
         if (self.save_last and self.dirpath and trainer.state.fn == "fit" and not trainer.sanity_checking
                 and not trainer.fast_dev_run and self._saved_step != trainer.global_step):
             self.write_last(trainer)
+
+    def _validation_sound(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """Whether the validation just run holds a sound model: its loss (``<prefix>loss`` of the monitored metric,
+        ``val_loss``) and the model's own check of its losses and logits (``eval_finite``) are finite."""
+        prefix = (self.monitor or "val_").split("_", 1)[0] + "_"
+        loss = trainer.callback_metrics.get(f"{prefix}loss")
+        finite = loss is None or bool(torch.isfinite(torch.as_tensor(loss)).all())
+        return finite and bool(getattr(pl_module, "eval_finite", True))
+
+    def check_monitor_top_k(self, trainer: pl.Trainer, current=None) -> bool:
+        """Lightning's rule, less any validation whose loss or logits were not finite: such a model is never kept
+        as a top-k (best) checkpoint, whatever its score (``last.ckpt`` still holds it, as the newest state); said
+        in one line. Asked when Lightning is about to save, with the metrics it has just read."""
+        if current is not None and not self._validation_sound(trainer, trainer.lightning_module):
+            rank_zero_warn(f"the validation at step {trainer.global_step} had a loss or logits that are not finite "
+                           f"({self.monitor} {float(current):.4f}): it is not a candidate for the best checkpoint",
+                           category=LoRALightningWarning)
+            return False
+        return super().check_monitor_top_k(trainer, current)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
@@ -118,9 +148,39 @@ class ModelCheckpoint(_LightningModelCheckpoint):
                 if config.interval == "step" and config.frequency == 1:
                     while getattr(config.scheduler, "last_epoch", trainer.global_step) < trainer.global_step:
                         config.scheduler.step()
-            self.write_last(trainer)
+            self._interrupted = True
+            try:
+                self.write_last(trainer)
+            finally:
+                self._interrupted = False
             rank_zero_info(f"{type(exception).__name__}: saved the state at step {trainer.global_step} to "
                            f"{self.last_model_path}; resume with fit --ckpt_path {self.last_model_path}")
+
+
+def validation_pending(trainer: pl.Trainer, checkpoint: dict) -> None:
+    """Mark, in a checkpoint written on an interrupt, a validation that the epoch's last batch was to be followed by
+    and that has not run: Lightning's loop state then reads as a stop at that validation's start, so the resumed run
+    runs it (and the epoch's end: its top-k checkpoint, its logged metrics) before going on, as the uninterrupted
+    run did. Left as Lightning saved it, a stop right after the last batch's step (Ctrl-C at the end of an epoch)
+    resumes into the next epoch and that validation is never run.
+
+    Edits Lightning's loop progress counters (``loops.fit_loop``: the training batch's ``completed``, the validation's
+    ``ready`` / ``started``), a private format checked by ``tests/test_private_api.py``.
+    """
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    train, val = loop.get("epoch_loop.batch_progress"), loop.get("epoch_loop.val_loop.batch_progress")
+    if not train or not val or not train.get("is_last_batch"):
+        return
+    every = trainer.check_val_every_n_epoch
+    validates = (trainer.enable_validation and sum(trainer.num_val_batches or [0]) > 0
+                 and (every is None or (trainer.current_epoch + 1) % every == 0))
+    total = train["total"]
+    if not validates or total["completed"] != total["processed"] - 1:  # not stopped between the step and validation
+        return
+    for key in ("total", "current"):
+        train[key]["completed"] = train[key]["processed"]  # the batch is done
+        val[key]["ready"] = val[key]["started"] = val[key]["processed"] + 1  # a validation started, none of it done
+        val[key]["completed"] = val[key]["processed"]
 
 
 class RemoveEmptyRunOnError(Callback):

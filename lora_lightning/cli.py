@@ -32,8 +32,8 @@ from lora_lightning.callbacks import RemoveEmptyRunOnError, ResumeSafeSaveConfig
 from lora_lightning.checkpoint import (LABEL_OPTIONS, STRUCTURE_OPTIONS, TRAINING_OPTIONS, check_checkpoint,
                                       normalise_hparam)
 from lora_lightning.data import SST2DataModule, TextClassificationDataModule
-from lora_lightning.errors import (DataFileError, LoRALightningError, LoRALightningWarning, OneLineErrors, OptionError,
-                                   command_line)
+from lora_lightning.errors import (CheckpointError, DataFileError, LoRALightningError, LoRALightningWarning, OneLineErrors,
+                                   OptionError, command_line)
 from lora_lightning.tables import FORMATS, not_found
 from lora_lightning.model import LoRAClassifier
 
@@ -136,12 +136,79 @@ class LoRACLI(LightningCLI):
             "export", export_parser, help="Export a checkpoint as a merged transformers folder or a PEFT adapter")
 
     def parse_arguments(self, parser, args) -> None:
-        """Parse, then refuse a bad ``--ckpt_path`` in one line before Lightning reads its hyperparameters."""
+        """Parse, resolve ``--ckpt_path last`` / ``best`` to a file (C33), then refuse a bad ``--ckpt_path`` in one
+        line before Lightning reads its hyperparameters."""
+        self._given = list(args) if args is not None else sys.argv[1:]
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path is not None and str(ckpt_path) not in ("best", "last", "hpc", "registry"):
+        if ckpt_path is not None and str(ckpt_path) in ("best", "last"):
+            ckpt_path = self.config[subcommand]["ckpt_path"] = self._resolve_shortcut(subcommand, str(ckpt_path))
+        if ckpt_path is not None and str(ckpt_path) not in ("hpc", "registry"):
             check_checkpoint(ckpt_path)
+
+    def _resolve_shortcut(self, subcommand: str, shortcut: str) -> str:
+        """``--ckpt_path last`` / ``best`` as the file it means: the ``last.ckpt`` of the run, or the best checkpoint its
+        ``ModelCheckpoint`` recorded there. The run: the folder of a run's ``config.yaml`` given with ``--config``, else
+        the newest run (by its ``last.ckpt``) in the logger's folder (``save_dir/name``), else the checkpoint folder of
+        a run without a logger. Lightning resolves these names in the new run's own empty folder: a resumed ``fit``
+        started again from step 0, and an evaluation stopped on a ``ValueError``.
+
+        Raises:
+            CheckpointError: no such checkpoint found, naming where it was looked for.
+        """
+        config = self.config[subcommand]
+        runs, looked = [], []
+        for cfg in config.get("config") or []:
+            folder = Path(str(getattr(cfg, "absolute", cfg) or cfg)).resolve().parent
+            if (folder / "checkpoints").is_dir():
+                runs, looked = [folder / "checkpoints"], [str(folder / "checkpoints")]
+        if not runs:
+            for folder in self._checkpoint_folders(config):
+                looked.append(str(folder))
+                if folder.parent.name == "*":  # save_dir/name/*/checkpoints: every version folder
+                    runs += sorted(folder.parent.parent.glob(f"*/{folder.name}"))
+                elif folder.is_dir():
+                    runs.append(folder)
+        runs = sorted({r for r in runs if (r / "last.ckpt").is_file()}, key=lambda r: (r / "last.ckpt").stat().st_mtime)
+        if not runs:
+            raise CheckpointError(f"--ckpt_path {shortcut}: no run's last.ckpt found (looked in {', '.join(looked) or 'nothing'}): "
+                                  "pass a checkpoint's path (fit prints it)")
+        last = runs[-1] / "last.ckpt"
+        path = last
+        if shortcut == "best":
+            state = torch.load(last, map_location="cpu", weights_only=True)
+            recorded = [v.get("best_model_path") for k, v in state.get("callbacks", {}).items()
+                        if "ModelCheckpoint" in k and isinstance(v, dict) and v.get("best_model_path")]
+            candidates = [Path(p) for p in recorded] + [last.parent / Path(p).name for p in recorded]
+            found = [c for c in candidates if c.is_file()]
+            if not found:
+                raise CheckpointError(f"--ckpt_path best: {last} records no best checkpoint that exists (no validation "
+                                      f"ran, or it was moved): pass a checkpoint's path, or --ckpt_path {last}")
+            path = found[0]
+        rank_zero_info(f"--ckpt_path {shortcut}: {path}")
+        return str(path)
+
+    @staticmethod
+    def _checkpoint_folders(config) -> list[Path]:
+        """Where the run's checkpoints go, as patterns: ``save_dir/name/*/checkpoints`` for a logger,
+        ``dirpath`` of a ``ModelCheckpoint`` that sets one, ``default_root_dir/checkpoints`` without a logger."""
+        trainer = config["trainer"]
+        root = Path(trainer.get("default_root_dir") or ".")
+        folders = []
+        for callback in trainer.get("callbacks") or []:
+            init = callback.get("init_args") if hasattr(callback, "get") else None
+            if init is not None and "ModelCheckpoint" in str(callback.get("class_path")) and init.get("dirpath"):
+                folders.append(Path(init["dirpath"]).expanduser())
+        logger = trainer.get("logger")
+        init = logger.get("init_args") if hasattr(logger, "get") and logger.get("class_path") else None
+        if init is not None and init.get("save_dir"):
+            save_dir = Path(init["save_dir"]).expanduser()
+            save_dir = save_dir if save_dir.is_absolute() else root / save_dir
+            folders.append(save_dir / (init.get("name") or "lightning_logs") / "*" / "checkpoints")
+        elif logger in (False, None) or init is None:
+            folders.append(root / "checkpoints")
+        return folders
 
     def _parse_ckpt_path(self) -> None:
         """Take the checkpoint's structure options (and, for ``fit``, its optimizer options) into the
@@ -200,10 +267,14 @@ class LoRACLI(LightningCLI):
     def instantiate_classes(self) -> None:
         """Lightning's, with an error of ours raised inside a class's ``__init__`` passed on as it is:
         jsonargparse wraps what a subclass-mode class (``data``) raises in its own type error."""
+        from lightning_fabric.utilities.exceptions import MisconfigurationException
+
         try:
             super().instantiate_classes()
         except LoRALightningError:
             raise
+        except MisconfigurationException as error:  # the Trainer's own check of its options: a user's to fix
+            raise OptionError(f"trainer: {' '.join(str(error).split())}") from None
         except Exception as error:
             cause = error
             while cause is not None and not isinstance(cause, LoRALightningError):
@@ -212,21 +283,55 @@ class LoRACLI(LightningCLI):
                 raise
             raise cause from None
 
+    def instantiate_trainer(self, **kwargs):
+        """Lightning's, with the Trainer's own refusal of its options (``MisconfigurationException``, or a
+        ``ValueError`` such as ``barebones`` beside ``log_every_n_steps``) as one line naming ``trainer``."""
+        from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError) as error:
+            raise OptionError(f"trainer: {' '.join(str(error).split())}") from None
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         trainer = config["trainer"]
+        check_devices(trainer)
         logger = trainer.get("logger")
         init = logger.get("init_args") if hasattr(logger, "get") and logger.get("class_path") else None
+        if init is None and logger in (False, None):
+            self._drop_logging_callbacks(trainer)
         if init is not None and init.get("save_dir") and trainer.get("default_root_dir"):
             if not Path(init["save_dir"]).is_absolute():
                 init["save_dir"] = str(Path(trainer["default_root_dir"]) / init["save_dir"])
         if self.subcommand == "fit" and config.get("ckpt_path") and init is not None and init.get("version") is None:
             self._continue_run_folder(Path(config["ckpt_path"]), init)
         elif self.subcommand != "fit" and config.get("ckpt_path") and init is not None and init.get("version") is None:
-            self._evaluate_in_run_folder(Path(config["ckpt_path"]), init)
+            ckpt = Path(config["ckpt_path"]).resolve()
+            elsewhere = init.get("save_dir") and Path(init["save_dir"]).expanduser().resolve() not in ckpt.parents
+            if self._given_on_command_line("save_dir") and elsewhere:  # the user's folder wins; said in one line
+                rank_zero_info(f"{self.subcommand} logs under {init['save_dir']} (trainer.logger.init_args.save_dir), not in "
+                               f"the checkpoint's run folder {ckpt.parent.parent}")
+            else:
+                self._evaluate_in_run_folder(Path(config["ckpt_path"]), init)
         self._check_data_files(config)
         if trainer.get("enable_progress_bar") is None and not interactive():
             trainer["enable_progress_bar"] = False  # a file gets ProgressLog's plain lines instead
+
+    def _given_on_command_line(self, logger_option: str) -> bool:
+        """Whether ``--trainer.logger.init_args.<option>`` (or ``--trainer.logger.<option>``) was typed on the command line."""
+        names = (f"--trainer.logger.init_args.{logger_option}", f"--trainer.logger.{logger_option}")
+        return any(a.split("=", 1)[0] in names for a in getattr(self, "_given", []))
+
+    @staticmethod
+    def _drop_logging_callbacks(trainer) -> None:
+        """``--trainer.logger false``: leave out the config's ``LearningRateMonitor``, which has nothing to log to and
+        would stop the run at its start (Lightning's ``MisconfigurationException``); said in one line."""
+        callbacks = trainer.get("callbacks") or []
+        kept = [c for c in callbacks if not str(getattr(c, "get", lambda _: "")("class_path")).endswith("LearningRateMonitor")]
+        if len(kept) < len(callbacks):
+            trainer["callbacks"] = kept
+            rank_zero_info("trainer.logger=false: the config's LearningRateMonitor is left out (it logs to a logger)")
 
     # the data files each subcommand reads (validate reads train_file when there is no validation_file)
     STAGE_FILES = {"fit": ("train_file", "validation_file", "test_file"), "validate": ("validation_file",),
@@ -389,6 +494,24 @@ class LoRACLI(LightningCLI):
             print(f"Run folder: {log_dir}", flush=True)
 
     after_validate = after_test = after_predict = _say_where
+
+
+def check_devices(trainer) -> None:
+    """Refuse, in one line each, ``trainer.devices`` of 0 and a GPU accelerator on a machine without one, which
+    Lightning reports as tracebacks.
+
+    Raises:
+        OptionError: naming the option, what was found, and what to pass.
+    """
+    devices = trainer.get("devices")
+    if str(devices).strip() in ("0", "[]", ""):
+        raise OptionError(f"trainer.devices={devices!r}: at least one device is needed: pass a number >= 1, a list of "
+                          "device ids, or auto")
+    accelerator = str(trainer.get("accelerator") or "auto").lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        built = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise OptionError(f"trainer.accelerator={accelerator}: no CUDA GPU on this machine (torch {torch.__version__}, "
+                          f"{built}): pass --trainer.accelerator cpu, or auto (a GPU when there is one)")
 
 
 def quiet_for_files() -> None:

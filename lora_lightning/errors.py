@@ -54,6 +54,10 @@ class ModelNotFoundError(LoRALightningError, OSError):
     """``model_name_or_path`` is neither a local folder, a packaged model, nor reachable on the Hub."""
 
 
+class ModelFileError(LoRALightningError, OSError):
+    """A local model folder lacks a file it needs (config, weights, tokenizer), or holds a damaged one."""
+
+
 class OutputExistsError(LoRALightningError, FileExistsError):
     """An output file or folder exists and would be overwritten without ``overwrite``."""
 

@@ -31,10 +31,8 @@ from typing import Literal
 
 from safetensors.torch import save_file
 from torch import nn
-from transformers import AutoTokenizer
-
 from lora_lightning.errors import OptionError, OutputExistsError
-from lora_lightning.hub import resolve_model_path
+from lora_lightning.hub import load_tokenizer, resolve_model_path
 from lora_lightning.lora import LORA_PARAMETERS, LoRALinear, merge_and_unload
 
 
@@ -89,24 +87,25 @@ def export(
     Args:
         ckpt_path: a checkpoint written by ``fit`` (adapter-sized: the base is rebuilt from its
             ``model_name_or_path``).
-        output_dir: folder to create; it must not exist unless ``overwrite``.
+        output_dir: folder to write: new, empty, or (with ``overwrite``) holding an earlier export of this
+            ``format`` and nothing else (``check_output_dir``).
         format: ``merged`` (plain transformers folder) or ``adapter`` (PEFT LoRA folder).
-        overwrite: replace an existing ``output_dir``.
+        overwrite: replace an earlier export in ``output_dir``; no other file is ever deleted.
 
     Returns:
         the output folder.
 
     Raises:
-        OutputExistsError: ``output_dir`` exists and ``overwrite`` is false.
+        OutputExistsError: ``output_dir`` holds an earlier export and ``overwrite`` is false, or holds anything
+            else (see ``check_output_dir``).
         CheckpointError: the checkpoint is missing, unreadable or does not fit the model.
         OptionError: ``adapter`` asked of a full fine-tuning checkpoint (it has no adapter).
     """
     from lora_lightning.checkpoint import check_checkpoint
     from lora_lightning.model import LoRAClassifier  # Lightning stays out of the export helpers above
 
-    out = Path(output_dir)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"output_dir {out} exists: pass --overwrite true to replace it")
+    out = Path(output_dir).expanduser()
+    check_output_dir(out, format, overwrite)
     ckpt = check_checkpoint(ckpt_path)
     max_length = ckpt.get("datamodule_hyper_parameters", {}).get("max_length")
     module = LoRAClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
@@ -115,7 +114,7 @@ def export(
                           "LoRA adapter; use --format merged (a plain transformers folder)")
     model = module.model.eval()
     base_path = resolve_model_path(module.hparams.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    tokenizer = load_tokenizer(module.hparams.model_name_or_path)
     if max_length is not None:  # the run's cut: `truncation=True` then cuts where the run did
         tokenizer.model_max_length = int(max_length)
     # Write next to the target, then swap it in: a failed export leaves the old folder intact.
@@ -136,9 +135,14 @@ def export(
         for path in tmp.rglob("*"):
             path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
         tmp.chmod(0o777 & ~mask)
-        if out.exists():
-            shutil.rmtree(out)
+        old = None
+        if out.exists():  # checked above: empty, or an earlier export's files only; set aside, then removed
+            check_output_dir(out, format, overwrite)
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            out.rename(old / out.name)
         tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -150,6 +154,49 @@ def export(
     else:
         print(f'Load it with pipeline("text-classification", model={str(out)!r}, truncation=True){cut}')
     return out
+
+
+# The files an export writes (``save_pretrained`` of a model and its tokenizer; an adapter's two files): what an
+# earlier export of a kind may hold, the only files ``--overwrite`` may replace.
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                   "merges.txt", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
+                   "chat_template.jinja"}
+EXPORT_FILES = {
+    "merged": {"config.json", "model.safetensors", "model.safetensors.index.json", "generation_config.json"} | TOKENIZER_FILES,
+    "adapter": {"adapter_config.json", "adapter_model.safetensors"} | TOKENIZER_FILES,
+}
+MARKERS = {"merged": ("config.json", "model.safetensors"), "adapter": ("adapter_config.json", "adapter_model.safetensors")}
+
+
+def check_output_dir(out: Path, format: str, overwrite: bool) -> None:  # noqa: A002
+    """Refuse an ``output_dir`` the export could not write without harm (C38): no command deletes a checkpoint
+    or a file it did not write.
+
+    A missing or empty folder is written; a folder holding an earlier export of this ``format`` (its marker files,
+    and nothing but the files such an export writes, ``EXPORT_FILES``) is replaced with ``overwrite`` only;
+    anything else (a run folder with its ``last.ckpt``, a folder with the user's notes, another format's export,
+    a file) is refused, with ``overwrite`` too.
+
+    Raises:
+        OutputExistsError: one line naming the folder and what in it is not an export's.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputExistsError(f"output_dir {out} is a file, not a folder: pick another --output_dir")
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+    if not names:
+        return
+    foreign = [n for n in names if n not in EXPORT_FILES.get(format, set())]
+    kind = {"merged": "a merged", "adapter": "an adapter"}.get(format, f"a {format}")
+    earlier = all((out / m).is_file() for m in MARKERS.get(format, ()))
+    if foreign or not earlier:
+        shown = ", ".join(repr(n) for n in (foreign or names)[:4]) + (" ..." if len(foreign or names) > 4 else "")
+        what = f"files {kind} export does not write ({shown})" if foreign else f"no earlier {format} export ({shown})"
+        raise OutputExistsError(f"output_dir {out} holds {what}: nothing in it is replaced; pick a new or empty "
+                                f"--output_dir (--overwrite true replaces only an earlier {format} export)")
+    if not overwrite:
+        raise OutputExistsError(f"output_dir {out} holds an earlier {format} export: pass --overwrite true to replace it")
 
 
 def base_model_call(base: str, id2label: dict[int, str]) -> str:

@@ -69,20 +69,28 @@ class ShardedOrderSampler(DistributedSampler):
     ``DistributedSampler`` pads the last ranks with repeated sentences, which would count them twice in
     ``val_acc``; being a ``DistributedSampler`` already, this one is kept as is by Lightning.
 
+    With fewer sentences than processes (C37), a process left without one gets ``pad_index`` alone: a row of
+    weight 0 (the data module appends it), which the model leaves out of every metric and the prediction writer
+    out of the file, so that every process runs a batch (Lightning stops on an empty loader) and the numbers
+    are the one-process ones.
+
     Args:
         order: dataset indices in the order to evaluate them (e.g. longest first).
         num_replicas: number of processes (``trainer.world_size``).
         rank: this process's rank (``trainer.global_rank``).
+        pad_index: the weight-0 row's index, for a process without a sentence (``None``: none given).
     """
 
-    def __init__(self, order: Sequence[int], num_replicas: int, rank: int) -> None:
+    def __init__(self, order: Sequence[int], num_replicas: int, rank: int, pad_index: int | None = None) -> None:
         self.order = list(order)
         self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
-        self.num_samples = math.ceil((len(self.order) - rank) / num_replicas) if rank < len(self.order) else 0
+        share = self.order[rank::num_replicas]
+        self.indices = share if share or pad_index is None else [pad_index]
+        self.num_samples = len(self.indices)
         self.total_size = len(self.order)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order[self.rank::self.num_replicas])
+        return iter(self.indices)
 
     def __len__(self) -> int:
-        return len(self.order[self.rank::self.num_replicas])
+        return len(self.indices)

@@ -77,11 +77,18 @@ def confusion_matrix(num_labels: int) -> Metric:
 def confusion_figure(confusion: Metric, counts: torch.Tensor, names: list[str], title: str) -> Figure:
     """``counts (K, K)`` drawn by torchmetrics' ``confusion.plot`` (class names on the axes, counts in
     the cells) on a matplotlib ``Figure`` with the Agg canvas: no display, and nothing left in pyplot's
-    state (so nothing to close, and a user's own backend is left alone)."""
+    state (so nothing to close, and a user's own backend is left alone). Every text is drawn as written: a
+    class name is data, so ``$``, ``$$`` (price ranges) or ``a_b`` are never read as mathtext markup (C35)."""
+    from matplotlib import rc_context
+    from matplotlib.text import Text
+
     side = min(12.0, 2.5 + 0.6 * len(names))  # inches: room for K names
-    fig = Figure(figsize=(side, side), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    confusion.plot(counts.cpu(), ax=ax, labels=list(names))
-    ax.set_title(title)
+    with rc_context({"text.parse_math": False, "text.usetex": False}):
+        fig = Figure(figsize=(side, side), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        confusion.plot(counts.cpu(), ax=ax, labels=list(names))
+        ax.set_title(title)
+    for text in fig.findobj(Text):  # drawn later (add_figure renders it): each text keeps its own setting
+        text.set_parse_math(False)
     return fig

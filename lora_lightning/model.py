@@ -109,6 +109,10 @@ class LoRAClassifier(pl.LightningModule):
             multiple of ``learning_rate`` (the paper suggests 16); ``null``: one learning rate.
         backbone_dropout: every dropout probability of the backbone's config (hidden, attention,
             classifier); ``null`` keeps the config's (0.1 for BERT). LoRA's own is ``lora_dropout``.
+        gradient_checkpointing: transformers' activation checkpointing: each encoder layer's activations are
+            recomputed in the backward pass instead of kept (less memory for long ``max_length`` or big batches,
+            about a third more compute). The gradients are the same as without it (tested); the last layer then
+            runs for every token (``backbone.FirstTokenOnly``).
         num_labels: number of classes K, at least 2 (the head's width); set from the data by the CLI.
         id2label: class index -> name, keys exactly ``0..K-1`` (``"0"`` string keys are read as
             ints), names distinct; it names the metrics, the exports' labels and the predictions.
@@ -150,6 +154,7 @@ class LoRAClassifier(pl.LightningModule):
         use_dora: bool = False,
         loraplus_lr_ratio: float | None = None,
         backbone_dropout: float | None = None,
+        gradient_checkpointing: bool = False,
         num_labels: int = 2,
         id2label: dict[int, str] | None = None,
     ) -> None:
@@ -163,9 +168,10 @@ class LoRAClassifier(pl.LightningModule):
                 ("lora_alpha", lora_alpha), ("lora_dropout", lora_dropout), ("learning_rate", learning_rate),
                 ("weight_decay", weight_decay), ("warmup_ratio", warmup_ratio), ("loraplus_lr_ratio", loraplus_lr_ratio),
                 ("backbone_dropout", backbone_dropout)))
-        train_pooler, merge_for_inference, compile, use_rslora, use_dora = (as_bool("model", n, v) for n, v in (
-            ("train_pooler", train_pooler), ("merge_for_inference", merge_for_inference), ("compile", compile),
-            ("use_rslora", use_rslora), ("use_dora", use_dora)))
+        train_pooler, merge_for_inference, compile, use_rslora, use_dora, gradient_checkpointing = (
+            as_bool("model", n, v) for n, v in (
+                ("train_pooler", train_pooler), ("merge_for_inference", merge_for_inference), ("compile", compile),
+                ("use_rslora", use_rslora), ("use_dora", use_dora), ("gradient_checkpointing", gradient_checkpointing)))
         target_modules = as_str_list("model", "target_modules", target_modules)
         id2label = as_id2label("model", "id2label", id2label)
         if not learning_rate > 0:
@@ -185,6 +191,11 @@ class LoRAClassifier(pl.LightningModule):
         self.save_hyperparameters()
         self.model, new = load_backbone(model_name_or_path, torch_dtype, backbone_dropout, num_labels, id2label)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
+        if gradient_checkpointing:  # transformers' switch; the [CLS]-only last layer steps aside while it is on
+            if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         use_fast_dropout(self.model)  # the same distribution, half the cost of its masks on CPU (dropout.py)
         self.first_token_only = last_layer_first_token_only(self.model)  # exact; in forward() only (backbone.py)
         if finetune not in ("lora", "full"):
@@ -232,6 +243,8 @@ class LoRAClassifier(pl.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self._schedule: tuple[int, int] | None = None  # (warm-up, total) optimizer steps, set in on_train_start
         self._finite: torch.Tensor | None = None  # on CUDA: every loss since the last check was finite
+        self._eval_finite: torch.Tensor | None = None  # every loss of this validation / test so far was finite
+        self.eval_finite = True  # the last validation's losses and logits were finite (ModelCheckpoint asks)
         self.dropout_seed: int | None = None  # set at fit start (or from the checkpoint); see dropout_rng
         self._loaded_step: int | None = None  # the global step of the checkpoint loaded, if any
         self._saved_schedule: tuple[int, int] | None = None  # (warm-up, total) steps of the loaded checkpoint's run
@@ -250,7 +263,10 @@ class LoRAClassifier(pl.LightningModule):
     def _shared_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(loss, preds (B,), labels (B,))``."""
         labels = batch["labels"]
-        logits = self(**{k: v for k, v in batch.items() if k != "labels"})
+        logits = self(**{k: v for k, v in batch.items() if k not in ("labels", "row_weight")})
+        if "row_weight" in batch:  # evaluation under several processes: a weight-0 row only fills a process (C37)
+            keep = batch["row_weight"] > 0
+            logits, labels = logits[keep], labels[keep]
         return self.loss_fn(logits, labels), logits.argmax(-1), labels
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -295,14 +311,19 @@ class LoRAClassifier(pl.LightningModule):
         """Update the stage's loss, metrics and confusion matrix with one batch; log the scalar metrics
         as Metric objects (Lightning computes them over the epoch, synced across processes)."""
         loss, preds, labels = self._shared_step(batch)
-        metrics.update(preds, labels)
-        getattr(self, f"{stage}_confusion").update(preds, labels)
         mean_loss = getattr(self, f"{stage}_loss")
-        mean_loss.update(loss.detach(), weight=labels.numel())
-        self.log(f"{stage}_loss", mean_loss, prog_bar=True, batch_size=labels.numel())
+        if labels.shape[0]:  # a process's weight-0 filler row only (C37) updates nothing, but still logs below
+            finite = torch.isfinite(loss.detach())  # a NaN / inf logit makes the loss so; no host sync per step
+            self._eval_finite = finite if self._eval_finite is None else self._eval_finite & finite
+            metrics.update(preds, labels)
+            getattr(self, f"{stage}_confusion").update(preds, labels)
+            mean_loss.update(loss.detach(), weight=labels.numel())
+        # every process logs the same Metric objects: their values are computed (and synced) over all of them
+        rows = max(1, labels.shape[0])
+        self.log(f"{stage}_loss", mean_loss, prog_bar=True, batch_size=rows)
         # what log_dict(metrics) logs, less the per-class F1 (a dict, which self.log cannot take): on_*_epoch_end
         scalars = {name: m for name, m in metrics.items(keep_base=False, copy_state=False) if not isinstance(m, ClasswiseWrapper)}
-        self.log_dict(scalars, prog_bar=True, batch_size=labels.numel())
+        self.log_dict(scalars, prog_bar=True, batch_size=rows)
 
     def _eval_epoch_start(self, stage: str) -> None:
         """Reset the stage's loss, metrics and confusion matrix: their states are then made under this
@@ -310,6 +331,7 @@ class LoRAClassifier(pl.LightningModule):
         and the confusion matrix, which are not Metric objects that Lightning resets, start empty."""
         for metric in (getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_confusion")):
             metric.reset()
+        self._eval_finite = None
 
     def _eval_epoch_end(self, stage: str) -> None:
         """Log the per-class F1 (K > 2) under the keys ``MetricCollection.compute`` gives them
@@ -317,6 +339,8 @@ class LoRAClassifier(pl.LightningModule):
         (``<stage>_confusion_matrix``, at ``global_step``) except in the sanity check."""
         metrics = getattr(self, f"{stage}_metrics")
         fitting = self.trainer.state.fn == "fit"
+        finite = bool(self._eval_finite) if self._eval_finite is not None else True
+        self.eval_finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)  # every process's rows
         # Lightning logs a validation inside fit at the index of the step it follows (global_step - 1): the figures, and
         # a validate / test of a checkpoint, go to that same step, on top of the fit's own point for that checkpoint
         if fitting:
@@ -352,7 +376,7 @@ class LoRAClassifier(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Class probabilities ``(B, num_labels)`` (softmax of the logits), column i the class ``id2label[i]``."""
-        return self(**{k: v for k, v in batch.items() if k != "labels"}).softmax(-1)
+        return self(**{k: v for k, v in batch.items() if k not in ("labels", "row_weight")}).softmax(-1)
 
     @contextmanager
     def dropout_rng(self, batch_idx: int):
@@ -430,6 +454,11 @@ class LoRAClassifier(pl.LightningModule):
         if self.trainer.strategy.root_device.type == "cuda":
             self.set_matmul_precision()
         precision = str(self.trainer.precision)
+        if precision == "16-true" and stage == "fit":
+            raise OptionError("trainer.precision=16-true trains LoRA and the head in float16, where AdamW's eps (1e-8) "
+                              "rounds to 0 and its second moments underflow: the first steps are NaN at any learning "
+                              "rate. Use trainer.precision=bf16-mixed (or 16-mixed on a GPU): the trained tensors stay "
+                              "float32, with model.torch_dtype=bfloat16 / float16 for a half-precision base")
         if precision in ("bf16-true", "16-true"):
             rank_zero_warn(f"trainer.precision={precision}: LoRA and the head train in half precision too; "
                            "bf16-mixed / 16-mixed keep them float32 (with model.torch_dtype for a half-precision base)",
@@ -605,6 +634,10 @@ class LoRAClassifier(pl.LightningModule):
     def on_train_start(self) -> None:
         """Size the schedule from the run's length, and set the current learning rate from it.
 
+        A resumed run goes on with the schedule of the run it resumes (the checkpoint's warm-up and length), after
+        any stop and whatever ``max_epochs`` / ``max_steps`` are now: every step gets the learning rate it had in
+        that run. A new stopping point is said in one line (a later one trains at rate 0 past the schedule's end).
+
         Raises:
             OptionError: the run has no step count (only ``trainer.max_time``, no max_epochs/max_steps).
         """
@@ -613,13 +646,15 @@ class LoRAClassifier(pl.LightningModule):
             raise OptionError("trainer.max_epochs=-1 and trainer.max_steps=-1 give the learning-rate schedule no "
                               "length: set trainer.max_epochs or trainer.max_steps (trainer.max_time may still stop it early)")
         self._schedule = (int(self.hparams.warmup_ratio * total), int(total))
-        if self._saved_schedule is not None and self._saved_schedule != self._schedule and self.global_step > 0:
-            (was_warmup, was_total), step = self._saved_schedule, self.global_step
-            was = self.hparams.learning_rate * _factor(step, was_warmup, was_total)
-            rank_zero_warn(f"resuming at step {step}: the learning-rate schedule was {was_total} steps long ({was_warmup} "
-                           f"of warm-up) and is now {int(total)} ({self._schedule[0]}), from trainer.max_epochs / "
-                           f"max_steps: the rate at step {step} is {self.hparams.learning_rate * self._lr_factor(step):.2e} "
-                           f"instead of {was:.2e}, decaying to 0 at step {int(total)}", category=LoRALightningWarning)
+        if self._saved_schedule is not None and self.global_step > 0:
+            (warmup, length), step = self._saved_schedule, self.global_step
+            if length != int(total):
+                after = (f"steps {length}..{int(total)} train at rate 0 (a longer schedule needs a new run: fit without "
+                         "--ckpt_path)" if total > length else f"it ends before the rate decays to 0 at step {length}")
+                rank_zero_warn(f"resuming at step {step}: the learning-rate schedule goes on as its run had it ({length} "
+                               f"steps, {warmup} of warm-up); trainer.max_epochs / max_steps now stop the run at step "
+                               f"{int(total)}: {after}", category=LoRALightningWarning)
+            self._schedule = self._saved_schedule
         for config in self.trainer.lr_scheduler_configs:
             scheduler = config.scheduler
             for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):

@@ -63,6 +63,8 @@ class PredictionWriter(BasePredictionWriter):
             probs = torch.cat([p for p, _ in shares])
             order = torch.cat([o for _, o in shares])
         total = len(trainer.datamodule.predict_rows())
+        real = order < total  # a process without a row predicted a weight-0 copy (loaders.ShardedOrderSampler)
+        probs, order = probs[real], order[real]
         if probs.shape[0] < total:  # only a batch limit leaves rows out
             raise OptionError(f"predicted {probs.shape[0]:,} of {total:,} rows (trainer.limit_predict_batches="
                               f"{trainer.limit_predict_batches}), and the prediction file has one line per input "

@@ -32,8 +32,10 @@ import csv
 import io
 import json
 import re
+import sys
 import tempfile
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -57,6 +59,7 @@ class Table:
         option: the option that named the file (e.g. ``data.train_file``), for errors.
         lines: the 1-based line of the file on which each row starts (``None``: Parquet, no lines).
         text_format: whether every field was read as text (TSV, CSV), not typed (JSON, Parquet).
+        notes: what reading changed, one line each, for the data module to warn of (a lone surrogate replaced).
     """
 
     path: Path
@@ -64,6 +67,7 @@ class Table:
     option: str
     lines: list[int] | None = None
     text_format: bool = False
+    notes: list[str] = field(default_factory=list)
 
     @property
     def column_names(self) -> list[str]:
@@ -92,25 +96,31 @@ class Table:
 
 
 def decode(path: Path, data: bytes) -> str:
-    """UTF-8 (BOM allowed) ``data`` as text.
+    """UTF-8 (BOM allowed) ``data`` as text. A file whose lines end in CR alone (classic Mac OS, some
+    spreadsheet exports: a CR and no LF anywhere) has its CRs read as line ends; in a file with LFs, a
+    bare CR is text (C18).
 
     Raises:
         DataFileError: invalid UTF-8, naming ``path`` and the line.
     """
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
+        ends = b"\n" if b"\n" in data else b"\r"
+        line = data[: error.start].count(ends) + 1
         raise DataFileError(f"{path}, line {line}: not valid UTF-8 ({error.reason})") from None
+    if "\r" in text and "\n" not in text:
+        text = text.replace("\r", "\n")
+    return text
 
 
 def split_lines(path: Path, data: bytes) -> list[str]:
     """UTF-8 (BOM allowed) ``data`` as lines without their LF or CRLF ends; the final newline ends
     the last line rather than starting an empty one.
 
-    Only LF ends a line (a CR right before it is dropped with it). Any other character, a bare CR,
-    vertical tab, form feed, U+0085, U+2028 included, is text and stays in its line as is (the
-    tokenizer reads it as a space).
+    Only LF ends a line (a CR right before it is dropped with it; in a file without any LF, CR ends a
+    line: ``decode``). Any other character, a bare CR in a file of LF lines, vertical tab, form feed,
+    U+0085, U+2028 included, is text and stays in its line as is (the tokenizer reads it as a space).
 
     Raises:
         DataFileError: invalid UTF-8, naming ``path`` and the line.
@@ -159,9 +169,34 @@ def records(text: str, delimiter: str) -> list[tuple[int, list[str]]]:
     Returns:
         ``(line, fields)`` of every record, ``line`` the 1-based line it starts on (only LF ends a line).
 
+    A field may be of any length (Python's default limit of 131,072 characters is lifted while reading: a
+    whole document in one cell is valid CSV; ``max_length`` decides how much of it the model sees).
+
     Raises:
         csv.Error: a malformed quote; its line is ``error.line``.
     """
+    with _no_field_limit():
+        return _records(text, delimiter)
+
+
+@contextmanager
+def _no_field_limit():
+    """``csv.field_size_limit`` at its largest (a C long) inside, as it was after."""
+    before = csv.field_size_limit()
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            break
+        except OverflowError:  # a 32-bit C long (Windows)
+            limit //= 2
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
+
+
+def _records(text: str, delimiter: str) -> list[tuple[int, list[str]]]:
     reader = csv.reader(io.StringIO(text, newline="\n"), delimiter=delimiter, quotechar='"', doublequote=True, strict=True)
     out, done = [], 0
     try:
@@ -298,6 +333,40 @@ def _read_json(path: Path) -> tuple[dict[str, list], list[int]]:
     return {name: [obj.get(name) for obj in objects] for name in names}, lines
 
 
+SURROGATE = re.compile("[\ud800-\udfff]")  # left alone in a str only when unpaired: json pairs the rest
+
+
+def replace_surrogates(table: "Table") -> None:
+    """Replace every lone UTF-16 surrogate in ``table``'s strings by U+FFFD, in place, and note where (C30).
+
+    JSON's ``\\ud83d`` escapes may encode half of a pair (an emoji cut by a UTF-16 length limit); ``json`` accepts
+    it, but it is no character: UTF-8 (Arrow, the tokenizer, a YAML or JSON config) cannot hold it. The row is kept.
+    """
+    found = []
+    for name, values in table.columns.items():
+        for i, value in enumerate(values):
+            fixed = _without_surrogates(value)
+            if fixed is not value:
+                values[i] = fixed
+                found.append(i)
+    if found:
+        first = sorted(set(found))
+        more = f" (and {len(first) - 1:,} more rows)" if len(first) > 1 else ""
+        table.notes.append(f"{table.where(first[0])}: a lone UTF-16 surrogate (half of a character, e.g. an emoji cut "
+                           f"by a length limit) replaced by U+FFFD{more}; the rows are kept")
+
+
+def _without_surrogates(value):
+    """``value`` with lone surrogates replaced (in strings inside lists and dicts too); the same object if it has none."""
+    if isinstance(value, str):
+        return SURROGATE.sub("\ufffd", value) if SURROGATE.search(value) else value
+    if isinstance(value, (list, dict)) and SURROGATE.search(json.dumps(value, ensure_ascii=False)):
+        if isinstance(value, list):
+            return [_without_surrogates(v) for v in value]
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    return value
+
+
 def _read_parquet(path: Path) -> dict[str, list]:
     with tempfile.TemporaryDirectory(prefix="lora_lightning-") as cache_dir:
         try:
@@ -339,6 +408,8 @@ def read_table(path: str | Path, option: str, tsv_quoting: TsvQuoting = "auto") 
     table = Table(given, columns, option, lines, text_format=kind in ("tsv", "csv"))
     if len(table) == 0:
         raise DataFileError(f"{given}: has no rows")
+    if kind == "json":
+        replace_surrogates(table)
     return table
 
 

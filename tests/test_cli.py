@@ -215,9 +215,11 @@ def test_resumed_fit_keeps_the_checkpoints_optimizer_and_data_options(tmp_path, 
     assert any("using the checkpoint's model.learning_rate=0.01, not model.learning_rate=0.5" in m for m in messages)
     assert any("the resumed run goes on with its own data.max_train_samples=None (not data.max_train_samples=50" in m
                for m in messages)
-    # another length: the schedule is resized, and said with both lengths (tiny_ckpt: 6 steps; this run: 8)
-    assert any(m.startswith("resuming at step 6: the learning-rate schedule was 6 steps long (0 of warm-up) and is now 8")
+    # another length: the schedule goes on as its run had it, and the new stop is said (tiny_ckpt: 6 steps; now 8)
+    assert any(m.startswith("resuming at step 6: the learning-rate schedule goes on as its run had it (6 steps, 0 of "
+                            "warm-up); trainer.max_epochs / max_steps now stop the run at step 8: steps 6..8 train at rate 0")
                for m in messages), messages
+    assert cli.model.lr_schedulers().get_last_lr() == [0.0]
     assert cli.model.hparams.learning_rate == 0.01 and cli.trainer.global_step == 8
     assert cli.datamodule.hparams.max_train_samples is None and len(cli.datamodule.datasets["train"]) == 180
 

@@ -346,16 +346,18 @@ def sst2_as_other_formats(glue_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("ext", ["csv", "jsonl", "parquet"])
 def test_sst2_in_other_formats_gives_the_same_batches(sst2_as_other_formats, glue_dir, packaged_model, ext):
-    """The same split sizes and the same first train / val / test batches as the SST-2 preset's TSV path."""
+    """The same split sizes and the same first test batch as the SST-2 preset's TSV path; the own-data split of
+    single rows is stratified (C36): each class's share of val is its share of train, to one row."""
     sst2 = make_dm(packaged_model, glue_dir, val_split="random")  # the own-data module splits single rows too
     own = TextClassificationDataModule(str(sst2_as_other_formats / f"train.{ext}"), test_file=str(sst2_as_other_formats / f"dev.{ext}"),
                                        text_column="sentence", model_name_or_path=packaged_model)
     own.setup("fit")
     assert own.num_labels == 2 and own.id2label == {0: "0", 1: "1"}  # integer labels: their values as names
     assert {k: len(v) for k, v in own.datasets.items()} == {"train": 60_614, "val": 6_735, "test": 872}
-    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        a, b = next(iter(getattr(sst2, loader)())), next(iter(getattr(own, loader)()))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), loader
+    a, b = next(iter(sst2.test_dataloader())), next(iter(own.test_dataloader()))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    positives = {k: sum(own.datasets[k]["labels"]) for k in ("train", "val")}
+    assert abs(positives["val"] - 37_569 * 6_735 / 67_349) <= 1 and positives["train"] + positives["val"] == 37_569
 
 
 def test_three_string_classes_from_three_formats(three_class_dir, tiny_model_dir):

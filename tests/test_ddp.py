@@ -135,21 +135,24 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, toy_
     assert_same_run(uninterrupted, tmp_path / "killed" / "version_0")
 
 
-def test_ctrl_c_mid_epoch_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, toy_glue_dir, uninterrupted):
-    """A real SIGINT at step 70 (mid-epoch 2 of 3): fit exits, leaving last.ckpt at step 70; resuming from it
-    continues mid-epoch with the batches and dropout an uninterrupted run would have, to the same end."""
+@pytest.mark.parametrize("step", [5, 45, 70])
+def test_ctrl_c_then_resume_equals_uninterrupted(step, tmp_path, tiny_model_dir, toy_glue_dir, uninterrupted):
+    """A real SIGINT at step 5 (before any checkpoint), 45 (the last batch of epoch 1, before its validation) or 70
+    (mid-epoch 2 of 3): fit exits, leaving last.ckpt at that step; resuming from it continues with the batches,
+    dropout and learning rates an uninterrupted run would have, to the same end, and last.ckpt is the newest
+    state (no last-v1.ckpt beside it)."""
     env = probe_env()
     import signal
 
     # a job started in the background (nohup ... &) inherits SIGINT ignored, and Python then never raises
     # KeyboardInterrupt: give the child the default handler, as a terminal's foreground job has
     proc = subprocess.run(fit_command(tmp_path, tiny_model_dir, toy_glue_dir, "ctrl-c", "--trainer.callbacks+=rank_probe.InterruptAt",
-                                      "--trainer.callbacks.step=70"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                                      f"--trainer.callbacks.step={step}"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.returncode == 1, proc.stderr[-2000:]
     last = tmp_path / "ctrl-c" / "version_0" / "checkpoints" / "last.ckpt"
-    assert "KeyboardInterrupt: saved the state at step 70" in proc.stderr + proc.stdout
-    assert torch.load(last, weights_only=True)["global_step"] == 70
+    assert f"KeyboardInterrupt: saved the state at step {step}" in proc.stderr + proc.stdout
+    assert torch.load(last, weights_only=True)["global_step"] == step
     resumed = run_ok(fit_command(tmp_path, tiny_model_dir, toy_glue_dir, "ctrl-c", "--ckpt_path", str(last)), env, cwd=tmp_path)
     assert "not resumable" not in resumed.stderr and "exists and is not empty" not in resumed.stderr
     assert sorted(p.name for p in (tmp_path / "ctrl-c" / "version_0").glob("config*.yaml")) == ["config.resume-1.yaml", "config.yaml"]

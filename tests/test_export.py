@@ -51,14 +51,42 @@ def test_adapter_loads_in_peft(tiny_ckpt, tiny_model_dir, tmp_path):
 
 
 def test_existing_output_is_never_overwritten(tiny_ckpt, tmp_path):
+    """C38: no export deletes a file it did not write. A folder with the user's notes, a run folder holding the very
+    checkpoint exported, another format's export are refused with --overwrite too, every file kept; an earlier export
+    of the same format is replaced with --overwrite only."""
+    import shutil
+
     out = tmp_path / "keep"
     out.mkdir()
     (out / "mine.txt").write_text("user data")
-    with pytest.raises(FileExistsError, match="keep exists: pass --overwrite true"):
-        export(tiny_ckpt, str(out), format="merged")
-    assert (out / "mine.txt").read_text() == "user data"
-    export(tiny_ckpt, str(out), format="adapter", overwrite=True)
-    assert (out / "adapter_config.json").is_file() and not (out / "mine.txt").exists()
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"keep holds files a merged export does not write \('mine.txt'\)"):
+            export(tiny_ckpt, str(out), format="merged", overwrite=overwrite)
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"] and (out / "mine.txt").read_text() == "user data"
+
+    run = tmp_path / "run"  # the run folder of the checkpoint being exported
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(tiny_ckpt, run / "checkpoints" / "last.ckpt")
+    (run / "config.yaml").write_text("seed_everything: 42\n")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match=r"holds files a merged export does not write \('checkpoints/', 'config.yaml'\)"):
+        export(str(run / "checkpoints" / "last.ckpt"), str(run), format="merged", overwrite=True)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+    exports = tmp_path / "exports"
+    export(tiny_ckpt, str(exports), format="merged")
+    with pytest.raises(FileExistsError, match="holds an earlier merged export: pass --overwrite true"):
+        export(tiny_ckpt, str(exports), format="merged")
+    with pytest.raises(FileExistsError, match="holds files an adapter export does not write"):
+        export(tiny_ckpt, str(exports), format="adapter", overwrite=True)
+    (exports / "config.json").write_text("{}")  # the earlier export, replaced whole
+    export(tiny_ckpt, str(exports), format="merged", overwrite=True)
+    assert len(json.loads((exports / "config.json").read_text())["id2label"]) == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+    (exports / "notes.md").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"\('notes.md'\)"):
+        export(tiny_ckpt, str(exports), format="merged", overwrite=True)
+    assert (exports / "notes.md").read_text() == "mine"
 
 
 def test_full_finetune_exports_merged_not_adapter(tiny_model_dir, toy_glue_dir, tmp_path):

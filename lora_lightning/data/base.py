@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Literal
 
 import pytorch_lightning as pl
-from datasets import Dataset, Value
+from datasets import Dataset, Value, concatenate_datasets
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, DataCollatorWithPadding
 
 from lora_lightning.data.limits import model_token_limit
 from lora_lightning.data.samplers import EpochLengthGroupedSampler, SortedLengthBatchSampler
-from lora_lightning.data.splits import duplicate_texts, group_split
+from lora_lightning.data.splits import duplicate_texts, group_split, stratified_split
 from lora_lightning.errors import DataFileError, LoRALightningWarning, OptionError, option, prefix
 from lora_lightning.hub import hub_error, load_tokenizer, resolve_model_path
 from lora_lightning.loaders import ResumableDataLoader, ShardedOrderSampler
@@ -214,7 +214,10 @@ class TextClassificationDataModule(pl.LightningDataModule):
     def _read(self, split: str) -> Table:
         """The table of ``split``'s file (``train``/``val``/``test``/``predict``), read as ``tsv_quoting`` says."""
         name = self.FILE_OPTIONS[split]
-        return read_table(self.files[split], option("data", name), self.hparams.get("tsv_quoting", "auto"))
+        table = read_table(self.files[split], option("data", name), self.hparams.get("tsv_quoting", "auto"))
+        for note in table.notes:
+            rank_zero_warn(note, category=LoRALightningWarning)
+        return table
 
     def _train(self) -> Table:
         if self._train_table is None:
@@ -375,7 +378,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
 
     def split_val(self, train: Dataset) -> tuple[Dataset, Dataset]:
         """Hold out ``val_fraction`` of the train rows as val (there is no ``validation_file``), seeded by
-        ``seed``: whole groups of ``group_column`` (``splits.group_split``), or single rows.
+        ``seed``: whole groups of ``group_column`` (``splits.group_split``), or rows stratified by label
+        (``splits.stratified_split``: every class in val in proportion and in train, a rare one too).
 
         Returns:
             ``(train, val)``.
@@ -386,11 +390,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
         hp = self.hparams
         if self.group_column is None:
             try:
-                split = train.train_test_split(test_size=hp.val_fraction, seed=hp.seed)
-            except ValueError:  # datasets: "the resulting train set will be empty"
-                raise OptionError(f"{option('data', 'val_fraction')}={hp.val_fraction} leaves no train rows of the "
-                                  f"{len(train)} in {self._train_source()}") from None
-            return split["train"], split["test"]
+                keep, held = stratified_split(train["label"], hp.val_fraction, hp.seed)
+            except ValueError as error:
+                raise OptionError(f"{option('data', 'val_fraction')}={hp.val_fraction}: {self._train_source()} has "
+                                  f"{error}") from None
+            return train.select(keep), train.select(held)
         groups = train["group"]
         try:
             keep, held = group_split(groups, hp.val_fraction, hp.seed)
@@ -566,7 +570,12 @@ class TextClassificationDataModule(pl.LightningDataModule):
             # PredictionWriter puts predictions back in input order from Lightning's batch indices.
             order = self.eval_order(name)
             if world_size > 1:  # every sentence scored once across processes, none repeated
-                order = ShardedOrderSampler(order if order is not None else range(len(ds)), world_size, rank)
+                pad = None
+                if len(ds) < world_size:  # a process without a row gets a copy of row 0 of weight 0 (C37)
+                    pad = len(features)
+                    features = concatenate_datasets([features, features.select([0])]).add_column(
+                        "row_weight", [1] * len(ds) + [0])
+                order = ShardedOrderSampler(order if order is not None else range(len(ds)), world_size, rank, pad)
             return DataLoader(features, batch_size=hp.eval_batch_size, sampler=order, **loader_kw)
         if hp.group_by_length:
             grouped = SortedLengthBatchSampler if hp.length_grouping == "sorted" else EpochLengthGroupedSampler

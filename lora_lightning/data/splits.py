@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["phrase_groups", "group_split", "inside_phrases", "phrase_overlap", "duplicate_texts", "normalise_text", "SHARED"]
+__all__ = ["phrase_groups", "group_split", "stratified_split", "inside_phrases", "phrase_overlap", "duplicate_texts", "normalise_text", "SHARED"]
 
 SHARED = None  # the group of a row that belongs to no single group: always on the train side
 
@@ -126,6 +126,46 @@ def group_split(groups: Sequence[Hashable | None], val_fraction: float, seed: in
     train = [i for i, g in enumerate(groups) if g not in held or g is None]
     val = [i for i, g in enumerate(groups) if g is not None and g in held]
     return train, val
+
+
+def stratified_split(labels: Sequence[Hashable], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split row indices into train and val with every class in both in proportion, and every class in train.
+
+    ``ceil(val_fraction * N)`` rows go to val (as ``datasets``' ``train_test_split`` counts them), shared among
+    the classes by their size (largest remainder), each class keeping at least one train row: a class of one
+    row trains, and a rare class is never held out whole (C36). Within a class, the rows held out are a seeded
+    random choice (numpy's ``default_rng(seed)``, classes in order of first appearance).
+
+    Args:
+        labels: one class per row (any hashable; for multi-label rows, their label set as a tuple).
+        val_fraction: the share of rows to hold out, in (0, 1).
+        seed: the choice's seed.
+
+    Returns:
+        ``(train_indices, val_indices)``, each in row order.
+
+    Raises:
+        ValueError: no row can be held out (every class has a single row).
+    """
+    rows_of: dict = {}
+    for i, y in enumerate(labels):
+        rows_of.setdefault(y, []).append(i)
+    spare = {y: len(rows) - 1 for y, rows in rows_of.items()}  # what a class can give while keeping one train row
+    wanted = min(int(np.ceil(val_fraction * len(labels))), sum(spare.values()))
+    if wanted < 1:
+        raise ValueError(f"{len(rows_of)} classes of one row each: none can be held out")
+    exact = {y: val_fraction * len(rows) for y, rows in rows_of.items()}
+    take = {y: min(int(exact[y]), spare[y]) for y in rows_of}
+    by_remainder = sorted(rows_of, key=lambda y: -(exact[y] - int(exact[y])))  # stable: ties in first-appearance order
+    while sum(take.values()) < wanted:
+        for y in by_remainder:
+            if sum(take.values()) < wanted and take[y] < spare[y]:
+                take[y] += 1
+    rng = np.random.default_rng(seed)
+    held = set()
+    for y, rows in rows_of.items():
+        held.update(rows[k] for k in rng.permutation(len(rows))[: take[y]].tolist())
+    return [i for i in range(len(labels)) if i not in held], sorted(held)
 
 
 def inside_phrases(train: Sequence[str], others: Sequence[str]) -> list[bool]:

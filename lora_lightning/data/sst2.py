@@ -168,8 +168,13 @@ class SST2DataModule(TextClassificationDataModule):
         """``val_fraction`` of GLUE's train set as val: whole source sentences (``by_sentence``) or single
         rows (``random``); says which in one line, with the share of val phrases inside a train phrase."""
         hp = self.hparams
-        if hp.val_split == "random":
-            train, val = super().split_val(train)
+        if hp.val_split == "random":  # the seed's split of single rows (datasets'), kept as it was
+            try:
+                split = train.train_test_split(test_size=hp.val_fraction, seed=hp.seed)
+            except ValueError:  # datasets: "the resulting train set will be empty"
+                raise OptionError(f"{option('data', 'val_fraction')}={hp.val_fraction} leaves no train rows of the "
+                                  f"{len(train)} in {self._train_source()}") from None
+            train, val = split["train"], split["test"]
             overlap = phrase_overlap(train["sentence"], val["sentence"])
             flag = option("data", "val_split")
             rank_zero_warn(f"{flag}=random (the seed's split, seed {hp.seed}): {overlap:.1%} of the {len(val):,} val "
