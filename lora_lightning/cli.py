@@ -505,7 +505,7 @@ def check_devices(trainer) -> None:
     """
     devices = trainer.get("devices")
     if str(devices).strip() in ("0", "[]", ""):
-        raise OptionError(f"trainer.devices={devices!r}: at least one device is needed: pass a number >= 1, a list of "
+        raise OptionError(f"trainer.devices={devices}: at least one device is needed: pass a number >= 1, a list of "
                           "device ids, or auto")
     accelerator = str(trainer.get("accelerator") or "auto").lower()
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():

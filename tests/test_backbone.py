@@ -71,3 +71,33 @@ def test_hidden_states_are_whole_outside_the_classifier_call(tiny_model_dir):
     plain = AutoModel.from_pretrained(tiny_model_dir).eval()
     torch.testing.assert_close(clf.model.bert(**batch).last_hidden_state, plain(**batch).last_hidden_state)
     torch.testing.assert_close(clf(**batch), out.logits, atol=1e-6, rtol=1e-5)  # the fast call: the same logits
+
+
+@pytest.mark.parametrize("how", ["option", "transformers"])
+def test_gradient_checkpointing_gives_the_same_gradients(how, tiny_model_dir):
+    """transformers' gradient (activation) checkpointing, switched on by model.gradient_checkpointing or by the user
+    on the backbone, recomputes each layer in the backward pass outside LoRAClassifier.forward: the [CLS]-only last
+    layer steps aside, and the loss and every trainable gradient equal those without checkpointing (1e-6)."""
+    from conftest import sentence_batch
+    from lora_lightning.model import LoRAClassifier
+
+    def run(checkpointing: bool):
+        torch.manual_seed(0)
+        model = LoRAClassifier(tiny_model_dir, lora_dropout=0.0, backbone_dropout=0.0,
+                               gradient_checkpointing=checkpointing and how == "option")
+        if checkpointing and how == "transformers":
+            model.model.gradient_checkpointing_enable()
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("lora_B"):
+                    p.normal_()
+        model.train()
+        loss = model(**sentence_batch(tiny_model_dir)).logsumexp(-1).sum()
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    (plain_loss, plain), (loss, grads) = run(False), run(True)
+    torch.testing.assert_close(loss, plain_loss, atol=1e-6, rtol=1e-6)
+    assert grads.keys() == plain.keys() and len(grads) == 2 * 2 * 2 + 2
+    for name in grads:
+        torch.testing.assert_close(grads[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)

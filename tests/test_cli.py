@@ -422,3 +422,57 @@ def test_a_run_stopped_by_a_users_error_leaves_no_empty_folder(tmp_path, monkeyp
     (tmp_path / "test.csv").write_text("text,label\nok,a\n")
     assert main(args) == 0
     assert sorted(p.name for p in (tmp_path / "lightning_logs" / "own-data").iterdir()) == ["version_0"]
+
+
+def test_ckpt_path_last_and_best_mean_the_runs_files(tmp_path, monkeypatch, tiny_model_dir, toy_glue_dir, capsys):
+    """C33: `fit --ckpt_path last` resumes the newest run's last.ckpt in its own folder (Lightning would look in the
+    new run's empty folder and train from step 0); `validate --config <run>/config.yaml --ckpt_path best` scores the
+    best checkpoint that run recorded (Lightning: a ValueError); with no run, one line says to pass a path."""
+    monkeypatch.chdir(tmp_path)
+    args = tiny_args(tmp_path, tiny_model_dir, toy_glue_dir)
+    assert main(["fit", *args, "--ckpt_path", "last"]) == 2
+    assert "error: --ckpt_path last: no run's last.ckpt found (looked in lightning_logs/sst2/*/checkpoints)" in capsys.readouterr().err
+    first = cli_main(["fit", *args, "--trainer.max_epochs", "1"])
+    run = Path(first.trainer.log_dir)
+    best_score = float(first.trainer.checkpoint_callback.best_model_score)
+    resumed = cli_main(["fit", *args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert Path(resumed.trainer.log_dir) == run and resumed.trainer.global_step == 2 * first.trainer.global_step
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == resumed.trainer.global_step
+    best = Path(resumed.trainer.checkpoint_callback.best_model_path)
+    validated = cli_main(["validate", "--config", str(run / "config.yaml"), "--ckpt_path", "best"])
+    assert validated.config["validate"]["ckpt_path"] == str(best)
+    assert float(validated.trainer.callback_metrics["val_acc"]) == float(resumed.trainer.checkpoint_callback.best_model_score)
+    assert best_score <= float(resumed.trainer.checkpoint_callback.best_model_score)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--trainer.precision", "16-true"], "error: trainer.precision=16-true trains LoRA and the head in float16, where AdamW's eps"),
+    (["--trainer.accelerator", "gpu"], "error: trainer.accelerator=gpu: no CUDA GPU on this machine"),
+    (["--trainer.devices", "0"], "error: trainer.devices=0: at least one device is needed"),
+    (["--trainer.barebones", "true", "--trainer.logger", "false"], "error: trainer: `Trainer(barebones=True, log_every_n_steps=10)`"),
+])
+def test_trainer_options_that_cannot_run_are_one_line(extra, message, tmp_path, monkeypatch, tiny_model_dir, toy_glue_dir, capsys):
+    """C34 and the Trainer's own refusals: one line naming the option, no traceback, no run folder left."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU, on any machine
+    assert main(["fit", *tiny_args(tmp_path, tiny_model_dir, toy_glue_dir, "--trainer.max_steps", "2", *extra)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and [l for l in err.splitlines() if not l.startswith("warning")] == [
+        next(l for l in err.splitlines() if l.startswith("error"))], err
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_fit_without_a_logger_and_predict_into_a_folder_of_ones_own(tmp_path, monkeypatch, tiny_model_dir, toy_glue_dir, capsys):
+    """`fit --trainer.logger false` runs (the config's LearningRateMonitor is left out, said); `predict` with a run's
+    config and an explicit logger save_dir elsewhere writes there, and says so, instead of into the run folder."""
+    monkeypatch.chdir(tmp_path)
+    args = tiny_args(tmp_path, tiny_model_dir, toy_glue_dir, "--trainer.max_steps", "2")
+    assert main(["fit", *args, "--trainer.logger", "false"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    cli = cli_main(["fit", *args])
+    run = Path(cli.trainer.log_dir)
+    mine = tmp_path / "mine"
+    predicted = cli_main(["predict", "--config", str(run / "config.yaml"), "--trainer.logger.init_args.save_dir", str(mine),
+                          "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert Path(predicted.trainer.log_dir).parent.parent == mine
+    assert list(mine.rglob("predictions.tsv")) and not list(run.rglob("predictions.tsv"))

@@ -540,3 +540,49 @@ def test_quoted_tsv_trains(tmp_path, tiny_model_dir):
     dm = TextClassificationDataModule(str(tmp_path / "train.tsv"), val_fraction=0.5, model_name_or_path=tiny_model_dir)
     dm.setup("fit")
     assert dm.id2label == {0: "neg", 1: "pos"} and len(dm.datasets["train"]) + len(dm.datasets["val"]) == 12
+
+
+def test_long_fields_and_lone_surrogates_reach_the_model(tmp_path, tiny_model_dir):
+    """C29 and C30 through the data module: a 200,000-character CSV review (train and predict) is read and cut to
+    max_length, counted in the truncation line; a JSON-lines test row ending in half an emoji is kept, said once."""
+    import csv
+    import json
+
+    long = "the film is good " * 12_000
+    rows = [("bad plot", "0"), ("good film", "1")] * 6
+    with open(tmp_path / "train.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["text", "label"], *rows, [long, "1"]])
+    with open(tmp_path / "predict.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["text"], ["fine"], [long]])
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps({"text": t, "label": int(y)}) + "\n" for t, y in rows[:2])
+                                         + '{"text": "great \\ud83d", "label": 1}\n')
+    dm = TextClassificationDataModule(str(tmp_path / "train.csv"), test_file=str(tmp_path / "test.jsonl"),
+                                      predict_file=str(tmp_path / "predict.csv"), max_length=32, val_fraction=0.2,
+                                      model_name_or_path=tiny_model_dir)
+    with pytest.warns(UserWarning) as caught:
+        dm.setup("fit")
+        dm.setup("predict")
+    said = [str(w.message) for w in caught]
+    assert sum("test.jsonl, line 3: a lone UTF-16 surrogate" in m for m in said) == 1
+    assert any(m.startswith("max_length=32 tokens cuts 1 of 2 predict rows") for m in said), said
+    lengths = [n for k in ("train", "val") for n in dm.datasets[k]["length"]]
+    assert len(lengths) == 13 and max(lengths) == 32
+    assert list(dm.datasets["predict"]["length"]) == [3, 32]
+    assert len(dm.datasets["test"]) == 3  # the row with half an emoji is kept
+
+
+def test_the_random_split_keeps_every_class_in_train(tmp_path, tiny_model_dir):
+    """C36: 40 rows of two classes and 2 of a third, no validation file: for every seed, the val split is stratified,
+    every class trains (a class of one row too), and the rare class is in val only as its share says."""
+    rows = [(f"good film {i}", "pos") for i in range(20)] + [(f"bad film {i}", "neg") for i in range(20)]
+    rows += [("boring plot", "meh"), ("dull plot", "meh")]
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows) + "tedious,rare\n")
+    for seed in range(6):
+        dm = TextClassificationDataModule(str(tmp_path / "train.csv"), val_fraction=0.1, seed=seed,
+                                          model_name_or_path=tiny_model_dir)
+        dm.setup("fit")
+        train, val = (sorted(dm.datasets[k]["labels"]) for k in ("train", "val"))
+        names = dm.id2label
+        assert {names[i] for i in train} == {"meh", "neg", "pos", "rare"}
+        assert len(val) == 5 and sorted(names[i] for i in val).count("rare") == 0
+        assert sorted(names[i] for i in val).count("meh") <= 1

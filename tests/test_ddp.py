@@ -196,3 +196,37 @@ def test_evaluation_stages_with_two_processes_match_one(stage, tmp_path, tiny_ck
             assert rank.keys() == one.keys()
             for key in one:
                 assert abs(rank[key] - one[key]) < 1e-6, (key, rank[key], one[key])
+
+
+@pytest.mark.parametrize("stage", ["validate", "predict"])
+def test_fewer_rows_than_processes_give_the_one_process_answer(stage, tmp_path, tiny_ckpt, tiny_model_dir, toy_glue_dir):
+    """C37: one row and two processes: the process without a row scores a weight-0 copy that no metric and no
+    prediction line counts, so val_acc / val_loss and the predictions file are the one-process ones (Lightning
+    stopped on the empty loader of one rank while the other waited for it)."""
+    import json
+
+    (tmp_path / "one.txt").write_text("the film is great\n")
+    results = {}
+    for devices in ("1", "2"):
+        out = tmp_path / devices
+        out.mkdir()
+        cmd = [sys.executable, "-m", "lora_lightning", stage, "--config", "sst2.yaml",
+               "--trainer.accelerator", "cpu", "--trainer.devices", devices, "--trainer.strategy", "ddp",
+               "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(out / "logs"),
+               "--trainer.callbacks+=rank_probe.SaveMetrics", f"--trainer.callbacks.out_dir={out}",
+               "--model.model_name_or_path", tiny_model_dir, "--data.data_dir", toy_glue_dir,
+               "--data.max_eval_samples", "1", "--data.predict_file", str(tmp_path / "one.txt"), "--ckpt_path", tiny_ckpt]
+        run_ok(cmd, probe_env(), cwd=out)
+        if stage == "predict":
+            (found,) = (out / "logs").rglob("predictions.tsv")
+            results[devices] = found.read_text()
+        else:
+            results[devices] = [json.loads((out / f"validate-rank{r}.json").read_text()) for r in range(int(devices))]
+    if stage == "predict":
+        assert results["1"].splitlines()[1].startswith("the film is great\t") and len(results["1"].splitlines()) == 2
+        assert results["2"] == results["1"]
+    else:
+        one = results["1"][0]
+        assert {"val_acc", "val_loss"} <= one.keys()
+        for rank in results["2"]:
+            assert rank.keys() == one.keys() and all(abs(rank[k] - one[k]) < 1e-6 for k in one), (rank, one)

@@ -208,3 +208,43 @@ def test_unknown_label_says_what_to_do(tmp_path):
     with pytest.raises(DataFileError, match=r"dev.tsv, line 3: label 'maybe' is not one of \['neg', 'pos'\]: add rows with "
                                             r"it to the train file, or map it to one of those labels \(or drop the row\)$"):
         encode_labels(table, label_values(table, "label"), {"neg": 0, "pos": 1}, "one of ['neg', 'pos']")
+
+
+def test_a_field_longer_than_the_csv_modules_limit_is_read(tmp_path):
+    """C29: a whole document in one cell (200,000 characters, over csv's 131,072 default) is a valid field, in a
+    CSV and in a quoted TSV; the limit is Python's again after the read."""
+    long = "good film " * 20_000
+    with open(tmp_path / "long.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["text", "label"], ["short", "0"], [long, "1"]])
+    pd.DataFrame({"text": ["a \"quoted\" one", long], "label": [0, 1]}).to_csv(tmp_path / "long.tsv", sep="\t", index=False)
+    before = csv.field_size_limit()
+    for name in ("long.csv", "long.tsv"):
+        table = read_table(tmp_path / name, "data.train_file")
+        assert table["text"][1] == long and len(table) == 2
+    assert csv.field_size_limit() == before
+
+
+def test_classic_mac_line_ends_are_line_ends(tmp_path):
+    """A CSV or TSV whose lines end in CR alone (no LF anywhere) reads as the same rows as with LF; errors name the
+    line an editor shows."""
+    (tmp_path / "mac.csv").write_bytes(b"text,label\rgood film,1\rbad film,0\r")
+    (tmp_path / "mac.tsv").write_bytes(b"sentence\tlabel\rgood film\t1\rbad film\t0\r")
+    for name, column in (("mac.csv", "text"), ("mac.tsv", "sentence")):
+        table = read_table(tmp_path / name, "data.train_file")
+        assert table[column] == ["good film", "bad film"] and table["label"] == ["1", "0"] and table.lines == [2, 3]
+    (tmp_path / "bad.csv").write_bytes(b"text,label\rgood film,1\rbad film\r")
+    with pytest.raises(DataFileError, match=r"bad.csv, line 3: 1 comma-separated fields, expected 2"):
+        read_table(tmp_path / "bad.csv", "data.train_file")
+
+
+def test_lone_surrogates_in_json_are_replaced_and_said(tmp_path):
+    """C30: JSON's "\\ud83d" (half an emoji) is accepted by json but is no character: replaced by U+FFFD, the row
+    kept, and a note names the file and the line of the first."""
+    lines = ['{"text": "fine", "label": 1}', '{"text": "ok", "label": 0}', '{"text": "great \\ud83d", "label": 1}',
+             '{"text": "\\ud83d\\ude00 whole", "label": 1}', '{"text": "bad \\udc00", "label": 0}']
+    (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
+    table = read_table(tmp_path / "t.jsonl", "data.train_file")
+    assert table["text"] == ["fine", "ok", "great \ufffd", "\U0001F600 whole", "bad \ufffd"]
+    assert table.notes == [f"{tmp_path / 't.jsonl'}, line 3: a lone UTF-16 surrogate (half of a character, e.g. an emoji "
+                           "cut by a length limit) replaced by U+FFFD (and 1 more rows); the rows are kept"]
+    table.dataset(["text"])  # Arrow takes every text now
