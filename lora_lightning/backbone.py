@@ -33,7 +33,8 @@ DROPOUT_CONFIG_NAMES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "
 
 
 def load_backbone(model_name_or_path: str, torch_dtype: str | None = None, dropout: float | None = None,
-                  num_labels: int = 2, id2label: dict[int, str] | None = None) -> tuple[nn.Module, list[str]]:
+                  num_labels: int = 2, id2label: dict[int, str] | None = None,
+                  problem_type: str = "single_label_classification") -> tuple[nn.Module, list[str]]:
     """``AutoModelForSequenceClassification`` with ``num_labels`` labels named by ``id2label``, and what in it is new.
 
     ``torch_dtype`` (``"bfloat16"``/``"float16"``/``None`` for float32) is the dtype of the loaded
@@ -42,7 +43,8 @@ def load_backbone(model_name_or_path: str, torch_dtype: str | None = None, dropo
     ``DROPOUT_CONFIG_NAMES``); ``None`` keeps the config's (0.1 for BERT). ``num_labels`` (K) is the
     head's width, its logits ``(B, K)``; ``id2label`` (see ``labels.resolve_id2label``; ``None``:
     SST-2's ``negative``/``positive`` for K = 2, else ``LABEL_<i>``) goes to the config with the
-    ``label2id`` derived from it, so a saved or exported folder names the classes.
+    ``label2id`` derived from it, so a saved or exported folder names the classes; so does ``problem_type``
+    (transformers' ``config.problem_type``: a ``pipeline`` then applies a softmax, a sigmoid per label, or none).
 
     Every tensor that ``model_name_or_path`` does not hold is newly initialised (randomly, from the
     global seed): the head of a bare encoder (BERT's ``classifier``, DistilBERT's ``pre_classifier``
@@ -64,7 +66,8 @@ def load_backbone(model_name_or_path: str, torch_dtype: str | None = None, dropo
         ModelFileError: a local folder without ``config.json`` or weights, or with a truncated or corrupt
             weights file (C32), named in one line.
     """
-    id2label = resolve_id2label(num_labels, id2label)
+    single = problem_type == "single_label_classification"
+    id2label = resolve_id2label(num_labels, id2label, 2 if single else 1, single)
     path = resolve_model_path(model_name_or_path)
     if os.path.isdir(path):
         check_model_files(model_name_or_path, Path(path))
@@ -77,6 +80,7 @@ def load_backbone(model_name_or_path: str, torch_dtype: str | None = None, dropo
             overrides = {name: dropout for name in DROPOUT_CONFIG_NAMES if hasattr(config, name)}
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()},
+            problem_type=problem_type,
             trust_remote_code=False, dtype=HALF_DTYPES.get(torch_dtype, torch.float32),
             ignore_mismatched_sizes=True, output_loading_info=True, **overrides,
         )

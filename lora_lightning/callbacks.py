@@ -49,6 +49,7 @@ class ModelCheckpoint(_LightningModelCheckpoint):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._stage, self._saved_step = stage, None
+        self._follow_the_task(pl_module)
         # Lightning warns here when the folder holds checkpoints; a run resumed into its own folder finds its own
         # there (known only once load_state_dict runs): hold the warning back until on_fit_start
         with warnings.catch_warnings(record=True) as caught:
@@ -58,6 +59,23 @@ class ModelCheckpoint(_LightningModelCheckpoint):
         for w in caught:
             if w not in self._held:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+    def _follow_the_task(self, pl_module: pl.LightningModule) -> None:
+        """A monitored ``val_*`` metric the model's problem type does not log (a config's ``val_acc`` for a regression
+        run) becomes the type's own (``val_macro_f1``, ``val_pearson``; higher is better), in the file name too, said
+        in one line: a shared config serves every problem type."""
+        task, metrics = getattr(pl_module, "task", None), getattr(pl_module, "val_metrics", None)
+        if task is None or metrics is None or not (self.monitor or "").startswith("val_"):
+            return
+        logged = {"val_loss", f"hp/val_{task.monitor}"} | set(metrics.keys())
+        if self.monitor in logged:
+            return
+        was, self.monitor, self.mode = self.monitor, f"val_{task.monitor}", "max"
+        self.kth_value = torch.tensor(-torch.inf)  # what Lightning starts a "max" monitor from
+        if self.filename:
+            self.filename = self.filename.replace(was, self.monitor)
+        rank_zero_info(f"ModelCheckpoint: a {task.problem_type} model logs no {was}: the best checkpoint is chosen by "
+                       f"{self.monitor} (higher is better)")
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for w in getattr(self, "_held", []):

@@ -21,16 +21,17 @@ STRUCTURE_OPTIONS = ("finetune", "r", "lora_alpha", "target_modules", "train_poo
 # The classes, which decide the head's width and what each output means: a checkpoint is only valid with
 # its own too. Apart from STRUCTURE_OPTIONS because they come from the data (linked from data.num_labels /
 # data.id2label by the CLI), so a checkpoint cannot set them: they are checked, never copied.
-LABEL_OPTIONS = ("num_labels", "id2label")
+LABEL_OPTIONS = ("num_labels", "id2label", "problem_type")
 # Options that shape the optimizer's state: with loraplus_lr_ratio, lora_B is a second parameter group. A
 # resumed fit cannot change whether it is set.
 OPTIMIZER_SHAPE_OPTIONS = ("loraplus_lr_ratio",)
 # Options whose values a resumed fit takes from the checkpoint: its optimizer state (learning rates, weight
 # decay, LoRA+'s ratio), its schedule (warm-up) and the dropout it was trained with.
 TRAINING_OPTIONS = ("learning_rate", "weight_decay", "warmup_ratio", "lora_dropout", "loraplus_lr_ratio",
-                    "backbone_dropout")
+                    "backbone_dropout", "class_weights")
 # What these options were before they existed as options (older checkpoints: SST-2's two classes).
-STRUCTURE_DEFAULTS = {"finetune": "lora", "use_rslora": False, "use_dora": False, "num_labels": 2, "id2label": dict(ID2LABEL)}
+STRUCTURE_DEFAULTS = {"finetune": "lora", "use_rslora": False, "use_dora": False, "num_labels": 2, "id2label": dict(ID2LABEL),
+                      "problem_type": "single_label_classification"}
 
 
 def normalise_hparam(value):
@@ -121,6 +122,11 @@ def check_options(saved: Mapping, current: Mapping) -> None:
                    f"build the model with {name}={saved[name]!r} (or leave {name} out of load_from_checkpoint)")
             raise CheckpointError(f"checkpoint was trained with {flag}={saved[name]!r} but this model has "
                                   f"{flag}={current[name]!r}, which changes what its weights mean: {fix}")
+    was, now = saved.get("problem_type"), current.get("problem_type", "single_label_classification")
+    if was != now:
+        raise CheckpointError(f"checkpoint was trained with {option('model', 'problem_type')}={was} but this model is "
+                              f"{now}: its head's outputs mean other things; pass the run's own --config <run>/config.yaml "
+                              f"(or {option('data', 'problem_type')} {was})")
     trained, here = label_names(saved), label_names(current)
     if trained != here:
         fix = ("pass the run's own --config <run>/config.yaml" if option("model", "id2label") != "id2label" else
@@ -159,7 +165,8 @@ def label_names(options: Mapping) -> list[str]:
     """
     if not any(name in options for name in LABEL_OPTIONS):
         options = STRUCTURE_DEFAULTS
-    return list(resolve_id2label(options.get("num_labels", 2), options.get("id2label")).values())
+    single = options.get("problem_type", "single_label_classification") == "single_label_classification"
+    return list(resolve_id2label(options.get("num_labels", 2), options.get("id2label"), 2 if single else 1, single).values())
 
 
 def fill_frozen(state: dict, trainable: Mapping[str, torch.Size], full: Mapping[str, torch.Tensor], model: str) -> None:

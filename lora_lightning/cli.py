@@ -259,6 +259,8 @@ class LoRACLI(LightningCLI):
         for name, value in resumed.items():
             data_args(self.config[subcommand])[name] = value
         data = data_args(self.config[subcommand])
+        if subcommand != "fit" and "problem_type" in data and saved.get("problem_type"):
+            data["problem_type"] = saved["problem_type"]  # the checkpoint's head decides what its outputs are
         if subcommand != "fit" and "labels" in data and data.get("labels") is None and saved.get("id2label"):
             # C26: the checkpoint decides the classes; test/predict read only the files they score
             names = [saved["id2label"][k] for k in sorted(saved["id2label"], key=int)]

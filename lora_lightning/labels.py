@@ -15,14 +15,16 @@ from lora_lightning.errors import OptionError, option
 ID2LABEL = {0: "negative", 1: "positive"}
 
 
-def resolve_id2label(num_labels: int, id2label: Mapping | None = None) -> dict[int, str]:
+def resolve_id2label(num_labels: int, id2label: Mapping | None = None, min_labels: int = 2,
+                     sst2_names: bool = True) -> dict[int, str]:
     """The name of every class, ``{0: name, ..., num_labels - 1: name}`` in index order.
 
     Args:
-        num_labels: the number of classes K (the head's width), at least 2.
+        num_labels: the number of outputs K (the head's width), at least ``min_labels`` (2 classes for a
+            single-label classifier; 1 label or target for multi-label and regression).
         id2label: class index -> name; keys may be strings (``"0"``, after a YAML or hyperparameter
-            round trip) and become ints. ``None``: SST-2's ``negative``/``positive`` when K is 2,
-            else transformers' ``LABEL_<i>``.
+            round trip) and become ints. ``None``: SST-2's ``negative``/``positive`` when K is 2 (and
+            ``sst2_names``), else transformers' ``LABEL_<i>``.
 
     Returns:
         a new ``dict[int, str]`` with the keys ``0..K-1`` in order.
@@ -32,10 +34,10 @@ def resolve_id2label(num_labels: int, id2label: Mapping | None = None) -> dict[i
             ``id2label`` not exactly ``0..K-1``, a name that is not a string, or a name that repeats
             (naming ``model.id2label``). One line each.
     """
-    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
-        raise OptionError(f"{option('model', 'num_labels')} must be an integer >= 2, got {num_labels!r}")
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < min_labels:
+        raise OptionError(f"{option('model', 'num_labels')} must be an integer >= {min_labels}, got {num_labels!r}")
     if id2label is None:
-        return dict(ID2LABEL) if num_labels == 2 else {i: f"LABEL_{i}" for i in range(num_labels)}
+        return dict(ID2LABEL) if num_labels == 2 and sst2_names else {i: f"LABEL_{i}" for i in range(num_labels)}
     keys = [_index(key) for key in id2label]
     if len(keys) != num_labels or set(keys) != set(range(num_labels)):
         raise OptionError(f"{option('model', 'id2label')} must have exactly the keys 0..{num_labels - 1} "

@@ -14,7 +14,8 @@ from torchmetrics.classification import (BinaryAccuracy, BinaryConfusionMatrix, 
                                          MulticlassConfusionMatrix, MulticlassF1Score)
 from torchmetrics.wrappers import ClasswiseWrapper
 
-__all__ = ["classification_metrics", "confusion_matrix", "confusion_figure", "hparams_for_board", "register_hparams_metric"]
+__all__ = ["classification_metrics", "confusion_matrix", "confusion_figure", "scatter_figure", "hparams_for_board",
+           "register_hparams_metric"]
 
 
 def hparams_for_board(params: dict) -> dict:
@@ -91,4 +92,23 @@ def confusion_figure(confusion: Metric, counts: torch.Tensor, names: list[str], 
         ax.set_title(title)
     for text in fig.findobj(Text):  # drawn later (add_figure renders it): each text keeps its own setting
         text.set_parse_math(False)
+    return fig
+
+
+def scatter_figure(true: torch.Tensor, predicted: torch.Tensor, title: str) -> Figure:
+    """A regression's predicted values against the true ones ``(N,)`` each, with the line ``predicted = true``, on an
+    Agg ``Figure`` (as ``confusion_figure``: nothing left in pyplot's state)."""
+    from matplotlib import rc_context
+
+    with rc_context({"text.parse_math": False}):
+        fig = Figure(figsize=(5.0, 5.0), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.scatter(true.numpy(), predicted.numpy(), s=6, alpha=0.4)
+        if len(true):
+            low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
+            ax.plot([low, high], [low, high], color="grey", linewidth=1)
+        ax.set_xlabel("true")
+        ax.set_ylabel("predicted")
+        ax.set_title(title)
     return fig

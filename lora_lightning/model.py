@@ -24,8 +24,8 @@ from lora_lightning.errors import (CheckpointError, LoRALightningError, LoRALigh
 from lora_lightning.backbone import HEAD_NAMES, check_lora_outside, last_layer_first_token_only, load_backbone
 from lora_lightning.labels import resolve_id2label
 from lora_lightning.lora import count_parameters, inject_lora, mark_only_lora_as_trainable, merge_lora, unmerge_lora
-from lora_lightning.metrics import (classification_metrics, confusion_figure, confusion_matrix, hparams_for_board,
-                                    register_hparams_metric)
+from lora_lightning.metrics import hparams_for_board, register_hparams_metric
+from lora_lightning.tasks import ProblemType, get_task
 from lora_lightning.values import as_bool, as_float, as_id2label, as_int, as_str, as_str_list
 
 
@@ -45,6 +45,19 @@ def _factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return float(step) / float(max(1, warmup))
     return max(0.0, float(total - step) / float(max(1, total - warmup)))
+
+
+def describe(hp, lora_modules: list[str]) -> str:
+    """What trains, for the log: ``LoRA r=4 (DoRA) on 12 Linears in 6 layers (query, value)`` or ``full fine-tuning``."""
+    if hp.finetune == "full":
+        return "full fine-tuning"
+    variants = [name for name, on in (("rsLoRA", hp.use_rslora), ("DoRA", hp.use_dora)) if on]
+    if hp.loraplus_lr_ratio is not None:
+        variants.append(f"LoRA+ x{hp.loraplus_lr_ratio:g}")
+    layers = len({n.split(".layer.")[1].split(".")[0] for n in lora_modules if ".layer." in n})
+    within = f" in {layers} layers" if layers else ""
+    return (f"LoRA r={hp.r}{' (' + ', '.join(variants) + ')' if variants else ''} on {len(lora_modules)} "
+            f"Linears{within} ({', '.join(hp.target_modules)})")
 
 
 class LoRAClassifier(pl.LightningModule):
@@ -157,12 +170,21 @@ class LoRAClassifier(pl.LightningModule):
         gradient_checkpointing: bool = False,
         num_labels: int = 2,
         id2label: dict[int, str] | None = None,
+        problem_type: ProblemType = "single_label_classification",
+        class_weights: Literal["balanced"] | list[float] | None = None,
+        threshold: float = 0.5,
     ) -> None:
         super().__init__()
         # plain values (a Path, numpy numbers, a str for a list): save_hyperparameters stores these locals, and the
         # checkpoint must load under weights_only (C22)
         model_name_or_path = as_str("model", "model_name_or_path", model_name_or_path)
         r, num_labels = as_int("model", "r", r), as_int("model", "num_labels", num_labels)
+        threshold, problem_type = as_float("model", "threshold", threshold), as_str("model", "problem_type", problem_type)
+        if class_weights is not None and not isinstance(class_weights, str):
+            class_weights = [as_float("model", "class_weights", w) for w in class_weights]
+        task = get_task(problem_type)
+        if not 0 < threshold < 1:
+            raise OptionError(f"{option('model', 'threshold')} must be in (0, 1), got {threshold}")
         lora_alpha, lora_dropout, learning_rate, weight_decay, warmup_ratio, loraplus_lr_ratio, backbone_dropout = (
             as_float("model", n, v) for n, v in (
                 ("lora_alpha", lora_alpha), ("lora_dropout", lora_dropout), ("learning_rate", learning_rate),
@@ -186,10 +208,11 @@ class LoRAClassifier(pl.LightningModule):
                                                            ("loraplus_lr_ratio", loraplus_lr_ratio is not None)) if on]
         if finetune == "full" and variants:
             raise OptionError(f"{', '.join(variants)} need {option('model', 'finetune')}=lora: full fine-tuning has no LoRA")
-        id2label = resolve_id2label(num_labels, id2label)  # saved so, by save_hyperparameters: int keys, names filled in
-        self.label_names = list(id2label.values())  # by class index
+        # saved so, by save_hyperparameters: int keys, names filled in
+        id2label = resolve_id2label(num_labels, id2label, task.min_labels, problem_type == "single_label_classification")
+        self.label_names = list(id2label.values())  # by output index
         self.save_hyperparameters()
-        self.model, new = load_backbone(model_name_or_path, torch_dtype, backbone_dropout, num_labels, id2label)
+        self.model, new = load_backbone(model_name_or_path, torch_dtype, backbone_dropout, num_labels, id2label, problem_type)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
         if gradient_checkpointing:  # transformers' switch; the [CLS]-only last layer steps aside while it is on
             if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
@@ -234,11 +257,8 @@ class LoRAClassifier(pl.LightningModule):
         # Checkpoints hold the trainable tensors only; on_load_checkpoint checks them, then fills in the frozen base.
         signature = inspect.signature(self.model.forward).parameters.values()
         self.forward_inputs = {p.name for p in signature if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        self.loss_fn = nn.CrossEntropyLoss()
-        metrics = classification_metrics(self.label_names)
-        self.val_metrics = metrics.clone(prefix="val_")
-        self.test_metrics = metrics.clone(prefix="test_")
-        self.val_confusion, self.test_confusion = confusion_matrix(num_labels), confusion_matrix(num_labels)
+        self._build_task(task.resolve_class_weights(class_weights if class_weights != "balanced" else None, None,
+                                                    self.label_names))
         # mean loss over samples, synchronised across processes like the other metrics
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self._schedule: tuple[int, int] | None = None  # (warm-up, total) optimizer steps, set in on_train_start
@@ -248,6 +268,15 @@ class LoRAClassifier(pl.LightningModule):
         self.dropout_seed: int | None = None  # set at fit start (or from the checkpoint); see dropout_rng
         self._loaded_step: int | None = None  # the global step of the checkpoint loaded, if any
         self._saved_schedule: tuple[int, int] | None = None  # (warm-up, total) steps of the loaded checkpoint's run
+
+    def _build_task(self, class_weight: torch.Tensor | None) -> None:
+        """The problem type's loss, metrics and figures for the model's outputs (``tasks``)."""
+        self.task = get_task(self.hparams.get("problem_type", "single_label_classification"))(
+            self.label_names, self.hparams.get("threshold", 0.5), class_weight)
+        self.loss_fn = self.task.loss
+        metrics = self.task.metrics()
+        self.val_metrics, self.test_metrics = metrics.clone(prefix="val_"), metrics.clone(prefix="test_")
+        self.val_figure, self.test_figure = self.task.figure_state(), self.task.figure_state()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -261,13 +290,13 @@ class LoRAClassifier(pl.LightningModule):
             return self.model(**{k: v for k, v in inputs.items() if v is not None and k in self.forward_inputs}).logits
 
     def _shared_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ``(loss, preds (B,), labels (B,))``."""
+        """Returns ``(loss, logits (B, K), labels)``: the problem type's loss (``tasks``) and targets."""
         labels = batch["labels"]
         logits = self(**{k: v for k, v in batch.items() if k not in ("labels", "row_weight")})
         if "row_weight" in batch:  # evaluation under several processes: a weight-0 row only fills a process (C37)
             keep = batch["row_weight"] > 0
             logits, labels = logits[keep], labels[keep]
-        return self.loss_fn(logits, labels), logits.argmax(-1), labels
+        return self.loss_fn(logits, labels), logits, labels
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Cross-entropy on one batch.
@@ -310,13 +339,14 @@ class LoRAClassifier(pl.LightningModule):
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str, metrics: MetricCollection) -> None:
         """Update the stage's loss, metrics and confusion matrix with one batch; log the scalar metrics
         as Metric objects (Lightning computes them over the epoch, synced across processes)."""
-        loss, preds, labels = self._shared_step(batch)
+        loss, logits, labels = self._shared_step(batch)
         mean_loss = getattr(self, f"{stage}_loss")
         if labels.shape[0]:  # a process's weight-0 filler row only (C37) updates nothing, but still logs below
             finite = torch.isfinite(loss.detach())  # a NaN / inf logit makes the loss so; no host sync per step
             self._eval_finite = finite if self._eval_finite is None else self._eval_finite & finite
-            metrics.update(preds, labels)
-            getattr(self, f"{stage}_confusion").update(preds, labels)
+            self.task.update(metrics, logits.detach(), labels)
+            if getattr(self, f"{stage}_figure") is not None:
+                self.task.update_figure(getattr(self, f"{stage}_figure"), logits.detach(), labels)
             mean_loss.update(loss.detach(), weight=labels.numel())
         # every process logs the same Metric objects: their values are computed (and synced) over all of them
         rows = max(1, labels.shape[0])
@@ -329,8 +359,9 @@ class LoRAClassifier(pl.LightningModule):
         """Reset the stage's loss, metrics and confusion matrix: their states are then made under this
         loop's grad mode (inference tensors can't be updated in place otherwise), and the per-class F1
         and the confusion matrix, which are not Metric objects that Lightning resets, start empty."""
-        for metric in (getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_confusion")):
-            metric.reset()
+        for metric in (getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_figure")):
+            if metric is not None:
+                metric.reset()
         self._eval_finite = None
 
     def _eval_epoch_end(self, stage: str) -> None:
@@ -355,14 +386,13 @@ class LoRAClassifier(pl.LightningModule):
             # point sits at the checkpoint's step; the metrics returned carry it as "step" too
             self.log("step", float(step))
         boards = [logger for logger in self.loggers if isinstance(logger, TensorBoardLogger)]
-        if not boards or self.trainer.sanity_checking:
+        state = getattr(self, f"{stage}_figure")
+        if not boards or self.trainer.sanity_checking or state is None:
             return
-        confusion = getattr(self, f"{stage}_confusion")
-        counts = confusion.compute()  # (K, K), on every process: it syncs them
-        if self.trainer.is_global_zero:
+        fig, tag = self.task.figure(state, stage, step)  # computed on every process: it syncs them
+        if self.trainer.is_global_zero and fig is not None:
             for board in boards:
-                fig = confusion_figure(confusion, counts, self.label_names, f"{stage} confusion matrix, step {step}")
-                board.experiment.add_figure(f"{stage}_confusion_matrix", fig, global_step=step)
+                board.experiment.add_figure(tag, fig, global_step=step)
 
     def on_validation_epoch_start(self) -> None:
         self._eval_epoch_start("val")
@@ -375,8 +405,9 @@ class LoRAClassifier(pl.LightningModule):
         self._eval_epoch_end("test")
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Class probabilities ``(B, num_labels)`` (softmax of the logits), column i the class ``id2label[i]``."""
-        return self(**{k: v for k, v in batch.items() if k not in ("labels", "row_weight")}).softmax(-1)
+        """``(B, num_labels)``, column i for ``id2label[i]``: class probabilities (softmax), each label's probability
+        (multi-label: sigmoid) or the values (regression), as the problem type says (``tasks``)."""
+        return self.task.outputs(self(**{k: v for k, v in batch.items() if k not in ("labels", "row_weight")}))
 
     @contextmanager
     def dropout_rng(self, batch_idx: int):
@@ -396,25 +427,16 @@ class LoRAClassifier(pl.LightningModule):
     def on_fit_start(self) -> None:
         """Train mode (``load_from_checkpoint`` returns eval mode, as ``from_pretrained`` does); the dropout
         seed (``seed_everything``'s, else ``torch.initial_seed()``, so ``torch.manual_seed`` decides it; a resumed
-        run keeps its checkpoint's); log trainable / total parameter counts, and register ``hp/val_acc`` as the
-        hyperparameter metric (TensorBoard's hparams tab then shows val_acc against r, lora_alpha, learning_rate)."""
+        run keeps its checkpoint's); log trainable / total parameter counts and the problem type (with its class
+        weights), and register ``hp/val_acc`` (``hp/val_<monitor>``) as the hyperparameter metric (TensorBoard's hparams
+        tab then shows val_acc against r, lora_alpha, learning_rate)."""
         self.train()
         if self.dropout_seed is None:
             self.dropout_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
         trainable, total = count_parameters(self.model)
-        hp = self.hparams
-        variants = [name for name, on in (("rsLoRA", hp.use_rslora), ("DoRA", hp.use_dora)) if on]
-        if hp.loraplus_lr_ratio is not None:
-            variants.append(f"LoRA+ x{hp.loraplus_lr_ratio:g}")
-        layers = len({n.split(".layer.")[1].split(".")[0] for n in self.lora_modules if ".layer." in n})
-        within = f" in {layers} layers" if layers else ""
-        what = ("full fine-tuning" if hp.finetune == "full" else
-                f"LoRA r={hp.r}{' (' + ', '.join(variants) + ')' if variants else ''} on {len(self.lora_modules)} "
-                f"Linears{within} ({', '.join(hp.target_modules)})")
-        rank_zero_info(
-            f"{what}: "
-            f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
-        )
+        rank_zero_info(f"{describe(self.hparams, self.lora_modules)}: trainable params: {trainable:,} || all params: "
+                       f"{total:,} || trainable%: {100 * trainable / total:.4f}")
+        rank_zero_info(self.task.describe())
         if self.logger is not None:
             # not LightningCLI's _instantiator; nor the K class names (num_labels is there)
             params = {k: v for k, v in self.hparams.items() if k != "id2label"}
@@ -425,13 +447,14 @@ class LoRAClassifier(pl.LightningModule):
             params = hparams_for_board(params)
             self.logger.log_hyperparams(params)
             if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
-                register_hparams_metric(self.logger, params, "hp/val_acc")
+                register_hparams_metric(self.logger, params, f"hp/val_{self.task.monitor}")
 
     def on_validation_epoch_end(self) -> None:
-        """Copy the epoch's val accuracy to ``hp/val_acc`` (the hparams tab's metric) during fit; log
-        the per-class F1 (K > 2) and the confusion-matrix figure (see ``_eval_epoch_end``)."""
+        """Copy the epoch's monitored metric (``val_acc``; ``val_macro_f1`` multi-label, ``val_pearson`` regression) to
+        ``hp/val_<it>`` (the hparams tab's metric) during fit; log the per-output F1 and the figure
+        (see ``_eval_epoch_end``)."""
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
-            self.log("hp/val_acc", self.val_metrics["acc"].compute())
+            self.log(f"hp/val_{self.task.monitor}", self.val_metrics[self.task.monitor].compute())
         self._eval_epoch_end("val")
 
     def setup(self, stage: str) -> None:
@@ -448,6 +471,7 @@ class LoRAClassifier(pl.LightningModule):
                 without a matching mixed precision, or ``float16`` on CPU.
         """
         self._check_classes(stage)
+        self._balance(stage)
         if self.hparams.compile and not hasattr(self.model.forward, "_torchdynamo_orig_callable"):
             self.model.forward = torch.compile(self.model.forward, dynamic=True,
                                                mode=self.hparams.get("compile_mode", "default"))
@@ -487,6 +511,11 @@ class LoRAClassifier(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "id2label") or stage == "predict":
             return
+        problem_type = getattr(datamodule, "problem_type", "single_label_classification")
+        if problem_type != self.task.problem_type:
+            raise OptionError(f"the data is {option('data', 'problem_type')}={problem_type}, but the model is "
+                              f"{option('model', 'problem_type')}={self.task.problem_type}: build it with "
+                              f"problem_type=dm.problem_type (the command line links them)")
         try:
             names = [str(v) for v in datamodule.id2label.values()]
         except LoRALightningError:  # the data cannot say (no train file and no labels): nothing to compare
@@ -504,11 +533,19 @@ class LoRAClassifier(pl.LightningModule):
             self.label_names = names
             self.hparams["id2label"] = id2label
             self.model.config.id2label, self.model.config.label2id = id2label, {v: k for k, v in id2label.items()}
-            metrics = classification_metrics(names)
-            self.val_metrics, self.test_metrics = metrics.clone(prefix="val_"), metrics.clone(prefix="test_")
+            self._build_task(self.task.class_weight)
             return
         raise OptionError(f"the data's classes are {names}, but the model's (from its checkpoint) are {self.label_names}: "
                           f"use the data the model was trained on, or pass {option('data', 'labels')}={self.label_names}")
+
+    def _balance(self, stage: str) -> None:
+        """``class_weights=balanced``: the weights from the train rows' labels (the data module's ``label_counts``),
+        for a fit; a checkpoint's come with it (``on_load_checkpoint``, after this)."""
+        if self.hparams.get("class_weights") != "balanced" or self.task.class_weight is not None or stage != "fit":
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        counts = datamodule.label_counts() if hasattr(datamodule, "label_counts") else None
+        self.task.class_weight = self.task.resolve_class_weights("balanced", counts, self.label_names)
 
     def trainable_state_keys(self) -> dict[str, torch.Size]:
         """State-dict keys (and shapes) that a checkpoint holds: the trainable parameters."""
@@ -519,6 +556,8 @@ class LoRAClassifier(pl.LightningModule):
         dropout seed and learning-rate schedule (warm-up, total steps), for an exact, checked resume."""
         checkpoint["state_dict"] = keep_trainable(checkpoint["state_dict"], self.trainable_state_keys())
         checkpoint["dropout_seed"] = self.dropout_seed
+        if self.task.class_weight is not None:  # the weights the loss used (balanced: from that run's train rows)
+            checkpoint["class_weights"] = self.task.class_weight.tolist()
         if self._schedule is not None:
             checkpoint["lr_schedule"] = list(self._schedule)
 
@@ -550,12 +589,18 @@ class LoRAClassifier(pl.LightningModule):
                 if name == "warmup_ratio":  # the schedule is this model's: it goes on with the checkpoint's
                     hp["warmup_ratio"] = value
                     said = f"resuming: {flag}={value!r} from the checkpoint (this model has {mine!r}): its schedule goes on"
+                elif name == "class_weights":  # the loss of the run goes on as it was
+                    hp["class_weights"] = value
+                    said = (f"resuming: {flag}={value!r} from the checkpoint (this model has {mine!r}): the run's loss "
+                            f"goes on with its weights {checkpoint.get('class_weights')}")
                 elif name in ("learning_rate", "weight_decay", "loraplus_lr_ratio"):  # restored with the optimizer state
                     said = (f"resuming: the checkpoint was trained with {flag}={value!r}, this model has {mine!r}; the run "
                             "goes on with the checkpoint's (its optimizer state holds it)")
                 else:  # dropout: the modules are built
                     said = f"resuming: the checkpoint was trained with {flag}={value!r}, this model has {mine!r}, used from here"
                 rank_zero_warn(said, category=LoRALightningWarning)
+        if checkpoint.get("class_weights") is not None:
+            self.task.class_weight = torch.tensor(checkpoint["class_weights"], dtype=torch.float32)
         self._loaded_step = checkpoint.get("global_step")
         self.dropout_seed = checkpoint.get("dropout_seed", self.dropout_seed)
         self._saved_schedule = tuple(checkpoint["lr_schedule"]) if checkpoint.get("lr_schedule") else None

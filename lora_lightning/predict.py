@@ -20,12 +20,14 @@ def _flatten(indices) -> list[int]:
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes ``predict``'s class probabilities to a TSV once the predict epoch ends.
+    """Writes ``predict``'s outputs to a TSV once the predict epoch ends, one row per input row or line, in
+    input order.
 
     For GLUE's ``test.tsv`` (rows with an ``index``) it writes GLUE's submission format
-    ``index<TAB>prediction`` (0/1); for any other ``--data.predict_file`` it writes the text
-    column(s), then ``label`` (the class name, ``id2label``) and ``probability`` (of that class), one
-    row per input row or line, in input order, e.g. ``sentence<TAB>label<TAB>probability`` for SST-2.
+    ``index<TAB>prediction`` (0/1); for any other ``--data.predict_file`` the text column(s), then what the
+    problem type writes (``tasks``): ``label`` (the class name, ``id2label``) and ``probability`` (of that class),
+    e.g. ``sentence<TAB>label<TAB>probability`` for SST-2; multi-label: ``labels`` (those at or above
+    ``model.threshold``, joined by ``,``) and ``probability_<label>`` for each; regression: each target's value.
 
     Args:
         output_path: file to write; ``None`` writes ``predictions.tsv`` in the run's log folder.
@@ -75,20 +77,19 @@ class PredictionWriter(BasePredictionWriter):
         rows = trainer.datamodule.predict_rows()
         if len(rows) != len(probs):
             raise RuntimeError(f"{len(probs)} predictions for {len(rows)} input rows")
-        labels = probs.argmax(-1).tolist()
-        id2label = pl_module.model.config.id2label
+        task = pl_module.task  # how a row's outputs become cells: label and probability, labels, or values
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-            if "index" in rows.column_names:
-                writer.writerow(["index", "prediction"])
-                writer.writerows(zip(rows["index"], labels))
+            if "index" in rows.column_names and task.problem_type == "single_label_classification":
+                writer.writerow(["index", "prediction"])  # GLUE's submission format
+                writer.writerows(zip(rows["index"], probs.argmax(-1).tolist()))
             else:
                 texts = trainer.datamodule.text_columns  # the text (and pair) column names, e.g. sentence
-                writer.writerow([*texts, "label", "probability"])
-                for *text, label, p in zip(*(rows[c] for c in texts), labels, probs.tolist()):
-                    writer.writerow([*text, id2label[label], f"{p[label]:.6f}"])
-        rank_zero_info(f"Wrote {len(labels)} predictions to {path}")
+                writer.writerow(task.prediction_header(texts))
+                for *text, output in zip(*(rows[c] for c in texts), probs.tolist()):
+                    writer.writerow([*text, *task.prediction_cells(output)])
+        rank_zero_info(f"Wrote {len(probs)} predictions to {path}")
 
 
 SST2PredictionWriter = PredictionWriter  # its earlier name, which runs saved before it was renamed use

@@ -131,14 +131,15 @@ def split_lines(path: Path, data: bytes) -> list[str]:
     return lines
 
 
-def check_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
+def check_tsv(path: Path, names: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
     """Parse a GLUE-format TSV (no quoting): a tab ends every field, a ``"`` is text.
 
-    Lines are ``split_lines``' (LF or CRLF ends a row; a bare CR is text); no missing-value parsing.
+    Lines are ``split_lines``' (LF or CRLF ends a row; a bare CR is text); no missing-value parsing. With
+    ``names`` the file has no header row: they name its columns, by position, and line 1 is a row.
 
     Returns:
         ``(header, rows)``: the column names, and each row's fields (str), in file order; row ``i`` is on
-        line ``i + 2``.
+        line ``i + 2`` (``i + 1`` with ``names``).
 
     Raises:
         DataFileError: naming the file (and line): missing, empty, not UTF-8, a header and no rows,
@@ -150,16 +151,21 @@ def check_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
     if not data.strip():
         raise DataFileError(f"{path}: file is empty (expected a header row, e.g. 'sentence<TAB>label')")
     lines = split_lines(path, data)
-    header = lines[0].split("\t")
-    if len(lines) == 1:
+    header, first = (list(names), 1) if names else (lines[0].split("\t"), 2)
+    if len(lines) < first:
         raise DataFileError(f"{path}: has a header but no rows")
     rows = []
-    for number, line in enumerate(lines[1:], start=2):
+    for number, line in enumerate(lines[first - 1:], start=first):
         fields = line.split("\t")
         if len(fields) != len(header):
-            raise DataFileError(f"{path}, line {number}: {len(fields)} tab-separated fields, expected {len(header)} {header}")
+            raise DataFileError(f"{path}, line {number}: {len(fields)} tab-separated fields, expected {len(header)} "
+                                f"{header}{_named(names)}")
         rows.append(fields)
     return header, rows
+
+
+def _named(names: list[str] | None) -> str:
+    return f" (data.column_names, for a file without a header row)" if names else ""
 
 
 def records(text: str, delimiter: str) -> list[tuple[int, list[str]]]:
@@ -210,8 +216,10 @@ def _records(text: str, delimiter: str) -> list[tuple[int, list[str]]]:
     return out
 
 
-def read_delimited(path: Path, text: str, delimiter: str) -> tuple[list[str], list[list[str]], list[int]]:
-    """Parse ``text`` with ``records`` and check it: a header, then rows of as many fields.
+def read_delimited(path: Path, text: str, delimiter: str,
+                   names: list[str] | None = None) -> tuple[list[str], list[list[str]], list[int]]:
+    """Parse ``text`` with ``records`` and check it: a header (or ``names``, for a file without one), then rows of
+    as many fields.
 
     Returns:
         ``(header, rows, lines)``: column names, each row's fields, and the line each row starts on.
@@ -226,13 +234,14 @@ def read_delimited(path: Path, text: str, delimiter: str) -> tuple[list[str], li
         raise DataFileError(f"{path}, line {error.line}: cannot be read as {kind} with quoting: {error}") from None
     if not parsed:
         raise DataFileError(f"{path}: file is empty (expected a header row, e.g. 'text{delimiter}label')")
-    (_, header), rows = parsed[0], parsed[1:]
+    (_, header), rows = (((0, list(names)), parsed) if names else (parsed[0], parsed[1:]))
     if not rows:
         raise DataFileError(f"{path}: has a header but no rows")
     for start, fields in rows:
         if len(fields) != len(header):
             separated = "tab-separated" if delimiter == "\t" else "comma-separated"
-            raise DataFileError(f"{path}, line {start}: {len(fields)} {separated} fields, expected {len(header)} {header}")
+            raise DataFileError(f"{path}, line {start}: {len(fields)} {separated} fields, expected {len(header)} {header}"
+                                f"{_named(names)}")
     return header, [fields for _, fields in rows], [start for start, _ in rows]
 
 
@@ -267,18 +276,19 @@ def tsv_dialect(path: Path, text: str) -> TsvQuoting:
     return "none"
 
 
-def _read_tsv(path: Path, quoting: TsvQuoting) -> tuple[dict[str, list], list[int]]:
+def _read_tsv(path: Path, quoting: TsvQuoting, names: list[str] | None = None) -> tuple[dict[str, list], list[int]]:
     if quoting == "none":
-        header, rows = check_tsv(path)
-        lines = list(range(2, len(rows) + 2))
+        header, rows = check_tsv(path, names)
+        first = 1 if names else 2
+        lines = list(range(first, len(rows) + first))
     else:
         data = path.read_bytes()
         if not data.strip():
             raise DataFileError(f"{path}: file is empty (expected a header row, e.g. 'sentence<TAB>label')")
         text = decode(path, data)
         if quoting == "auto" and tsv_dialect(path, text) == "none":
-            return _read_tsv(path, "none")
-        header, rows, lines = read_delimited(path, text, "\t")
+            return _read_tsv(path, "none", names)
+        header, rows, lines = read_delimited(path, text, "\t", names)
     return _columns(header, rows), lines
 
 
@@ -287,11 +297,11 @@ def _columns(header: list[str], rows: list[list[str]]) -> dict[str, list]:
     return {name: list(fields[header.index(name)]) for name in dict.fromkeys(header)}  # a repeated name: its first column
 
 
-def _read_csv(path: Path) -> tuple[dict[str, list], list[int]]:
+def _read_csv(path: Path, names: list[str] | None = None) -> tuple[dict[str, list], list[int]]:
     data = path.read_bytes()
     if not data.strip():
         raise DataFileError(f"{path}: file is empty (expected a header row, e.g. 'text,label')")
-    header, rows, lines = read_delimited(path, decode(path, data), ",")
+    header, rows, lines = read_delimited(path, decode(path, data), ",", names)
     return _columns(header, rows), lines
 
 
@@ -378,17 +388,21 @@ def _read_parquet(path: Path) -> dict[str, list]:
     return rows.to_dict()
 
 
-def read_table(path: str | Path, option: str, tsv_quoting: TsvQuoting = "auto") -> Table:
+def read_table(path: str | Path, option: str, tsv_quoting: TsvQuoting = "auto",
+               column_names: list[str] | None = None) -> Table:
     """Read a ``.tsv``, ``.csv``, ``.jsonl``/``.json`` or ``.parquet`` file (see the module's docstring).
 
     Args:
         path: the file.
         option: the option that named it (``data.train_file``, ...), for errors.
         tsv_quoting: a ``.tsv``'s dialect: ``auto`` (``tsv_dialect``), ``none`` (GLUE's) or ``csv`` (quoted).
+        column_names: a TSV / CSV without a header row (GoEmotions'): the names of its columns, by position;
+            its first line is a row. JSON and Parquet name their own columns.
 
     Raises:
         DataFileError: the file is missing (naming the folder it was looked for in, when relative), has
-            another extension, cannot be parsed (the line and the reader's reason), or has no rows.
+            another extension, cannot be parsed (the line and the reader's reason), or has no rows; a row with
+            another number of fields than ``column_names``.
     """
     given = Path(path).expanduser()
     kind = FORMATS.get(given.suffix.lower())
@@ -398,9 +412,9 @@ def read_table(path: str | Path, option: str, tsv_quoting: TsvQuoting = "auto") 
         raise DataFileError(not_found(option, given))
     lines = None
     if kind == "tsv":
-        columns, lines = _read_tsv(given, tsv_quoting)
+        columns, lines = _read_tsv(given, tsv_quoting, column_names)
     elif kind == "csv":
-        columns, lines = _read_csv(given)
+        columns, lines = _read_csv(given, column_names)
     elif kind == "json":
         columns, lines = _read_json(given)
     else:
@@ -444,8 +458,12 @@ def check_columns(table: Table, needed: dict[str, str], hint: str | None = None)
     missing = [c for c in needed if c not in columns]
     if missing:
         options = ", ".join(f"{needed[c]}={c!r}" for c in missing)
+        looks_like_data = any(DIGITS.fullmatch(c.strip()) or c.count(" ") >= 3 for c in columns)  # GoEmotions' line 1
+        headerless = ("; no header row? name the columns with data.column_names "
+                      f"[{', '.join(['text', 'label', 'id', 'col4', 'col5'][:len(columns)])}]"
+                      if table.text_format and looks_like_data else "")
         raise DataFileError(f"{table.header_where()}: missing column(s) {missing} in header {columns}"
-                            f"{hint if hint is not None else f' ({options}: name one of these columns)'}")
+                            f"{hint if hint is not None else f' ({options}: name one of these columns{headerless})'}")
 
 
 def check_text(table: Table, column: str) -> None:

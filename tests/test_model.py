@@ -112,7 +112,7 @@ class StubClassifier(LoRAClassifier):
         preds = 1 - labels if wrong else labels
         logits = torch.nn.functional.one_hot(preds, 2).float() * 5
         logits = logits + 0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
-        return self.loss_fn(logits, labels), preds, labels
+        return self.loss_fn(logits, labels), logits, labels
 
     def validation_step(self, batch, batch_idx):
         self._batch_idx = batch_idx
@@ -411,7 +411,7 @@ def test_three_class_model_has_a_3_wide_head_named(tiny_model_dir):
     assert model.label_names == ["low", "high", "so so"]
     assert {k: type(m) for k, m in model.val_metrics.items()} == {
         "val_acc": MulticlassAccuracy, "val_macro_f1": MulticlassF1Score, "val_f1": ClasswiseWrapper}
-    assert isinstance(model.test_confusion, MulticlassConfusionMatrix) and model.test_confusion.num_classes == 3
+    assert isinstance(model.test_figure, MulticlassConfusionMatrix) and model.test_figure.num_classes == 3
     assert LoRAClassifier(tiny_model_dir, num_labels=4).model.config.id2label == {i: f"LABEL_{i}" for i in range(4)}
     with torch.no_grad():
         assert model(**sentence_batch(tiny_model_dir)).shape == (4, 3)

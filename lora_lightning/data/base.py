@@ -20,43 +20,13 @@ from transformers import AutoConfig, DataCollatorWithPadding
 
 from lora_lightning.data.limits import model_token_limit
 from lora_lightning.data.samplers import EpochLengthGroupedSampler, SortedLengthBatchSampler
-from lora_lightning.data.splits import duplicate_texts, group_split, stratified_split
+from lora_lightning.data.splits import duplicate_texts, group_split, linked_groups, stratified_split
 from lora_lightning.errors import DataFileError, LoRALightningWarning, OptionError, option, prefix
 from lora_lightning.hub import hub_error, load_tokenizer, resolve_model_path
 from lora_lightning.loaders import ResumableDataLoader, ShardedOrderSampler
-from lora_lightning.tables import (FORMATS, Table, check_columns, check_text, encode_labels, label_values, read_lines,
-                                   read_table)
-from lora_lightning.values import as_bool, as_float, as_int, as_str, as_str_list
-
-
-# The data options by kind, for plain_options
-_STRINGS = ("train_file", "validation_file", "test_file", "predict_file", "text_column", "text_pair_column",
-            "label_column", "model_name_or_path", "group_column", "data_dir")
-_INTEGERS = ("batch_size", "eval_batch_size", "max_length", "seed", "max_train_samples", "max_eval_samples", "num_workers")
-
-
-def plain_options(**options) -> list:
-    """The data module's options as plain Python values, in the order given: paths as ``str``, numpy numbers
-    as ``int``/``float``/``bool``, ``labels`` as a list of names (a number as its text).
-
-    Raises:
-        OptionError: a value of the wrong type, naming the option (see ``values``).
-    """
-    out = []
-    for name, value in options.items():
-        if name in _STRINGS:
-            value = as_str("data", name, value)
-        elif name in _INTEGERS:
-            value = as_int("data", name, value)
-        elif name == "val_fraction":
-            value = as_float("data", name, value)
-        elif name in ("group_by_length", "sort_eval_by_length"):
-            value = as_bool("data", name, value)
-        elif name == "labels" and value is not None:
-            value = as_str_list("data", name, [v if isinstance(v, str) else str(getattr(v, "item", lambda: v)())
-                                               for v in (value if isinstance(value, (list, tuple)) else [value])])
-        out.append(value)
-    return out
+from lora_lightning.tables import FORMATS, Table, check_columns, check_text, read_lines, read_table
+from lora_lightning.data.options import check_options, plain_options
+from lora_lightning.tasks import LabelSpec, ProblemType, get_task
 
 
 class TextClassificationDataModule(pl.LightningDataModule):
@@ -95,8 +65,19 @@ class TextClassificationDataModule(pl.LightningDataModule):
         text_column: the column with the text.
         text_pair_column: a second text column for sentence pairs (NLI, paraphrase): tokenised as
             ``[CLS] text [SEP] pair [SEP]``, ``token_type_ids`` 1 on the second segment.
-        label_column: the column with the label.
+        label_column: the column with the label: a class, a list of classes (multi-label: ``0,4`` split by
+            ``label_delimiter``, or a JSON / Parquet list), or a number (regression).
         labels: the classes' names in class-id order; ``None``: the train file's labels, sorted.
+        problem_type: ``single_label_classification`` (one class per row), ``multi_label_classification`` (any
+            number of labels per row, none too) or ``regression`` (numeric targets), as transformers names them;
+            linked to the model's (``tasks``).
+        label_delimiter: what separates the labels of one multi-label cell (``,``: ``0,4``).
+        label_columns: one column per label (multi-label, each 0/1) or per target (regression), instead of
+            ``label_column``; the outputs are named by the columns.
+        label_names: the names of classes ``0..K-1`` when the files hold the ids (GoEmotions' ``0,4``): a list,
+            or a ``.txt`` file of one name per line.
+        column_names: for TSV / CSV files without a header row: the names of their columns, by position
+            (``[text, labels, id]``); every line is then a row.
         model_name_or_path: the model whose fast tokenizer is used (linked to the model's by the CLI).
         batch_size: training rows per optimizer step.
         eval_batch_size: rows per validation/test/predict batch.
@@ -105,8 +86,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
             ``validation_file``, in (0, 1).
         group_column: a column whose rows with one value stay together on one side of that val split
             (a review id, a user, a source document): the val split then holds no text whose source
-            is in train. ``None``: rows are held out one by one. Values are compared as text; a row
-            without one is a group of its own.
+            is in train. ``None``: rows are held out one by one, stratified by label. Values are compared as
+            text; a row without one is a group of its own. Several columns (``[sentence1, sentence2]``): rows
+            sharing a value in any of them are one group (``splits.linked_groups``).
         tsv_quoting: how ``.tsv`` files are quoted: ``auto`` (the one reading the file allows; asks for
             this option where both do and differ), ``none`` (GLUE's: a ``"`` is text) or ``csv`` (pandas,
             Python's excel-tab and spreadsheets: a field in ``"`` may hold tabs and line breaks).
@@ -152,12 +134,17 @@ class TextClassificationDataModule(pl.LightningDataModule):
         text_pair_column: str | None = None,
         label_column: str = "label",
         labels: list[str] | None = None,
+        problem_type: ProblemType = "single_label_classification",
+        label_delimiter: str = ",",
+        label_columns: list[str] | None = None,
+        label_names: list[str] | str | None = None,
+        column_names: list[str] | None = None,
         model_name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2",
         batch_size: int = 32,
         eval_batch_size: int = 128,
         max_length: int = 128,
         val_fraction: float = 0.1,
-        group_column: str | None = None,
+        group_column: str | list[str] | None = None,
         tsv_quoting: Literal["auto", "none", "csv"] = "auto",
         seed: int = 42,
         group_by_length: bool = True,
@@ -168,42 +155,16 @@ class TextClassificationDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        # plain values (a Path, a numpy number): what save_hyperparameters stores must load with weights_only
-        (train_file, validation_file, test_file, predict_file, text_column, text_pair_column, label_column, labels,
-         model_name_or_path, batch_size, eval_batch_size, max_length, val_fraction, group_column, seed, group_by_length,
-         sort_eval_by_length, max_train_samples, max_eval_samples, num_workers) = plain_options(
-            train_file=train_file, validation_file=validation_file, test_file=test_file, predict_file=predict_file,
-            text_column=text_column, text_pair_column=text_pair_column, label_column=label_column, labels=labels,
-            model_name_or_path=model_name_or_path, batch_size=batch_size, eval_batch_size=eval_batch_size,
-            max_length=max_length, val_fraction=val_fraction, group_column=group_column, seed=seed,
-            group_by_length=group_by_length, sort_eval_by_length=sort_eval_by_length,
-            max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, num_workers=num_workers)
-        if not 0 < val_fraction < 1:
-            raise OptionError(f"{option('data', 'val_fraction')} must be in (0, 1), got {val_fraction}")
-        if max_length < 2:
-            raise OptionError(f"{option('data', 'max_length')} must be >= 2 tokens, got {max_length}")
-        if batch_size < 1 or eval_batch_size < 1:
-            raise OptionError(f"{option('data', 'batch_size')} and {option('data', 'eval_batch_size')} must be >= 1, "
-                              f"got {batch_size}, {eval_batch_size}")
-        for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
-            if value is not None and value < 1:  # 0 would leave an empty loader: no val_acc for the checkpoint
-                raise OptionError(f"{option('data', name)} must be >= 1 (or null for all), got {value}")
-        if num_workers < 0:
-            raise OptionError(f"{option('data', 'num_workers')} must be >= 0, got {num_workers}")
-        if not 0 <= seed < 2**32:  # numpy's split refuses negative seeds; Lightning's seeds are uint32 too
-            raise OptionError(f"{option('data', 'seed')} must be in [0, 2**32 - 1], got {seed}")
-        if labels is not None and (len(labels) < 2 or len(set(labels)) < len(labels)):
-            raise OptionError(f"{option('data', 'labels')} must name at least 2 classes, each once, got {labels}")
-        columns = {n: v for n, v in (("text_column", text_column), ("text_pair_column", text_pair_column),
-                                     ("label_column", label_column), ("group_column", group_column)) if v is not None}
-        if len(set(columns.values())) < len(columns):
-            named = ", ".join(f"{option('data', k)}={v!r}" for k, v in columns.items())
-            raise OptionError(f"{named}: each must name a different column")
-        self.files = {"train": train_file, "val": validation_file, "test": test_file, "predict": predict_file}
-        self.text_columns = [text_column] + ([text_pair_column] if text_pair_column else [])
-        self.label_column = label_column
-        self.group_column = group_column
-        self.save_hyperparameters()
+        given = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        # plain values (a Path, a numpy number): what save_hyperparameters stores must load with weights_only (C22)
+        o = plain_options(**given)
+        check_options(o)
+        self.files = {"train": o["train_file"], "val": o["validation_file"], "test": o["test_file"],
+                      "predict": o["predict_file"]}
+        self.text_columns = [o["text_column"]] + ([o["text_pair_column"]] if o["text_pair_column"] else [])
+        self.label_column = o["label_column"]
+        self.group_column = o["group_column"]
+        self.save_hyperparameters(o)
         self.tokenizer = None
         self.datasets: dict[str, Dataset] = {}
         self.predict_raw: Dataset | None = None
@@ -212,9 +173,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
 
     # --- labels: given, or read from the train file once; linked to the model by the CLI ----------
     def _read(self, split: str) -> Table:
-        """The table of ``split``'s file (``train``/``val``/``test``/``predict``), read as ``tsv_quoting`` says."""
+        """The table of ``split``'s file (``train``/``val``/``test``/``predict``), read as ``tsv_quoting`` and
+        ``column_names`` say; what reading changed is said (``Table.notes``)."""
         name = self.FILE_OPTIONS[split]
-        table = read_table(self.files[split], option("data", name), self.hparams.get("tsv_quoting", "auto"))
+        table = read_table(self.files[split], option("data", name), self.hparams.get("tsv_quoting", "auto"),
+                           self.hparams.get("column_names"))
         for note in table.notes:
             rank_zero_warn(note, category=LoRALightningWarning)
         return table
@@ -228,9 +191,26 @@ class TextClassificationDataModule(pl.LightningDataModule):
         return self._train_table
 
     @property
+    def problem_type(self) -> str:
+        """``single_label_classification``, ``multi_label_classification`` or ``regression`` (linked to the model's)."""
+        return self.hparams.get("problem_type") or "single_label_classification"
+
+    @property
+    def task(self):
+        """The problem type's ``tasks.Task`` class: how label cells are read and encoded."""
+        return get_task(self.problem_type, "data")
+
+    @property
+    def label_spec(self) -> LabelSpec:
+        hp = self.hparams
+        return LabelSpec(self.label_column, hp.get("label_columns"), hp.get("label_delimiter") or ",", hp.get("labels"),
+                         hp.get("label_names"))
+
+    @property
     def label_values(self) -> list[int | str]:
-        """The classes in class-id order: ``LABELS`` (a preset's), ``labels``, or the train file's distinct
-        labels, sorted (integers by value, text by code point).
+        """The classes (or regression targets) in id order: ``LABELS`` (a preset's), ``labels``, ``label_names``' ids,
+        ``label_columns``, or the train file's distinct labels, sorted (integers by value, text by code point): see
+        the problem type's ``Task.label_values``.
 
         Raises:
             DataFileError: see ``tables``; a train file whose rows all have one label; no ``labels`` and
@@ -238,50 +218,49 @@ class TextClassificationDataModule(pl.LightningDataModule):
         """
         if self.LABELS is not None:
             return list(self.LABELS)
-        if self.hparams.get("labels") is not None:
-            return list(self.hparams.labels)
         if self._label_values is None:
-            table = self._train()
-            check_columns(table, {self.label_column: option("data", "label_column")})
-            values = sorted(set(label_values(table, self.label_column)))
-            if len(values) < 2:
-                raise DataFileError(f"{table.path}: every row has the label {values[0]!r}: a classifier needs at "
-                                    f"least 2 classes in {option('data', 'train_file')} (column {self.label_column!r})")
-            self._label_values = values
+            self._label_values = self.task.label_values(self._train, self.label_spec)
         return self._label_values
 
     @property
     def num_labels(self) -> int:
-        """Number of classes ``K`` (linked to ``model.num_labels``)."""
+        """Number of outputs ``K``: classes, labels or targets (linked to ``model.num_labels``)."""
         return len(self.label_values)
 
     @property
     def id2label(self) -> dict[int, str]:
-        """Class id -> label name (linked to ``model.id2label``)."""
-        names = self.LABEL_NAMES or [str(v) for v in self.label_values]
+        """Output id -> name (linked to ``model.id2label``): ``label_names``, a preset's, or the values as text."""
+        names = self.LABEL_NAMES or self.hparams.get("label_names") or [str(v) for v in self.label_values]
         return dict(enumerate(names))
+
+    def label_counts(self) -> tuple[list[int], int]:
+        """``(count per output, rows)`` of the train split's targets (after the val split and ``max_train_samples``):
+        what ``model.class_weights=balanced`` is computed from; the whole train file's before ``setup('fit')``."""
+        labels = self.datasets["train"]["labels"] if "train" in self.datasets else self.load_raw(("train",))["train"]["label"]
+        return self.task.counts(list(labels), self.num_labels)
 
     # --- reading -----------------------------------------------------------------------------------
     def _labeled(self, table: Table, group: bool = False) -> Dataset:
-        """``table``'s text column(s) and its labels as class ids (``label``, int64), checked; with
-        ``group``, also ``group_column``'s values as ``group`` (text; a missing value: its own group)."""
+        """``table``'s text column(s) and its targets (``label``: class ids, or float vectors for multi-label and
+        regression), checked; with ``group``, also the ``group_column`` groups as ``group`` (``splits.linked_groups``:
+        rows sharing a value of any group column are one group; a missing value: no link)."""
         needed = {c: option("data", o) for c, o in zip(self.text_columns, ("text_column", "text_pair_column"))}
+        group_columns = ([self.group_column] if isinstance(self.group_column, str) else list(self.group_column or []))
         if group:
-            needed[self.group_column] = option("data", "group_column")
-        check_columns(table, {**needed, self.label_column: option("data", "label_column")})
+            needed.update({c: option("data", "group_column") for c in group_columns})
+        check_columns(table, needed)
+        spec, task = self.label_spec, self.task
+        task.check_columns(table, spec)
         for column in self.text_columns:
             check_text(table, column)
-        values = label_values(table, self.label_column)
-        label2id = {v: i for i, v in enumerate(self.label_values)}
-        known = (f"one of the classes {option('data', 'labels')}={self.label_values} (with --ckpt_path: the checkpoint's)"
-                 if self.hparams.get("labels") is not None else
-                 f"one of {option('data', 'train_file')}'s labels {self.label_values}")
-        ids = encode_labels(table, values, label2id, known)
+        given = "labels" if spec.labels is not None else "label_names" if spec.label_names is not None else None
+        known = (f"one of the classes {option('data', given)}={self.label_values} (with --ckpt_path: the checkpoint's)"
+                 if given else f"one of {option('data', 'train_file')}'s labels {self.label_values}")
+        targets = task.encode(table, spec, self.label_values, known)
         texts = table.dataset(self.text_columns)
         if group:
-            groups = [f"\0row {i}" if v is None else str(v) for i, v in enumerate(table[self.group_column])]
-            texts = texts.add_column("group", groups)
-        return texts.add_column("label", ids).cast_column("label", Value("int64"))
+            texts = texts.add_column("group", linked_groups([table[c] for c in group_columns]))
+        return texts.add_column("label", targets).cast_column("label", task.feature(self.num_labels))
 
     def _unlabeled(self) -> Dataset:
         """``predict_file``'s text column(s): a table by extension, else one text per line."""
@@ -390,7 +369,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         hp = self.hparams
         if self.group_column is None:
             try:
-                keep, held = stratified_split(train["label"], hp.val_fraction, hp.seed)
+                keep, held = stratified_split(self.task.strata(train["label"]), hp.val_fraction, hp.seed)
             except ValueError as error:
                 raise OptionError(f"{option('data', 'val_fraction')}={hp.val_fraction}: {self._train_source()} has "
                                   f"{error}") from None

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["phrase_groups", "group_split", "stratified_split", "inside_phrases", "phrase_overlap", "duplicate_texts", "normalise_text", "SHARED"]
+__all__ = ["phrase_groups", "group_split", "linked_groups", "stratified_split", "inside_phrases", "phrase_overlap", "duplicate_texts", "normalise_text", "SHARED"]
 
 SHARED = None  # the group of a row that belongs to no single group: always on the train side
 
@@ -87,6 +87,40 @@ def _phrase_groups(digest: str, phrases: tuple[str, ...]) -> tuple[int | None, .
     group_of = [number[i] if not inside[i] else number[owners[i][0]] if len(owners[i]) == 1 else SHARED
                 for i in range(len(distinct))]
     return tuple(group_of[index[k]] for k in keys)
+
+
+def linked_groups(columns: Sequence[Sequence]) -> list[str]:
+    """The group of every row for ``group_split``, from one or more columns of values.
+
+    One column: its value, as text (a row without one, ``None``, is a group of its own). Several (a sentence pair's
+    ``[sentence1, sentence2]``): rows that share any value, in any of the columns, are one group, and so, in a
+    chain, are the rows linked to them (connected components, union-find): a sentence on one side of the split
+    is never on the other, whichever column holds it.
+
+    Returns:
+        one group name per row (text), the same for the rows of one group.
+    """
+    rows = len(columns[0]) if columns else 0
+    if len(columns) == 1:
+        return [f"\0row {i}" if v is None else str(v) for i, v in enumerate(columns[0])]
+    parent = list(range(rows))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict = {}
+    for column in columns:
+        for i, value in enumerate(column):
+            if value is None:
+                continue
+            j = first.setdefault(str(value), i)
+            a, b = root(i), root(j)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return [f"\0group {root(i)}" for i in range(rows)]
 
 
 def group_split(groups: Sequence[Hashable | None], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

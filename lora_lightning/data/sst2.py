@@ -18,7 +18,8 @@ from typing import Literal
 from datasets import Dataset, Features, Value, load_dataset
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from lora_lightning.data.base import TextClassificationDataModule, plain_options
+from lora_lightning.data.base import TextClassificationDataModule
+from lora_lightning.data.options import plain_options
 from lora_lightning.data.splits import group_split, phrase_groups, phrase_overlap
 from lora_lightning.errors import DataFileError, LoRALightningWarning, OptionError, option
 from lora_lightning.tables import check_columns, encode_labels, read_table
@@ -143,24 +144,14 @@ class SST2DataModule(TextClassificationDataModule):
         predict_file: str | None = None,
         num_workers: int = 0,
     ) -> None:
-        (model_name_or_path, data_dir, batch_size, eval_batch_size, max_length, val_fraction, seed, group_by_length,
-         sort_eval_by_length, max_train_samples, max_eval_samples, predict_file, num_workers) = plain_options(
-            model_name_or_path=model_name_or_path, data_dir=data_dir, batch_size=batch_size,
-            eval_batch_size=eval_batch_size, max_length=max_length, val_fraction=val_fraction, seed=seed,
-            group_by_length=group_by_length, sort_eval_by_length=sort_eval_by_length,
-            max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, predict_file=predict_file,
-            num_workers=num_workers)
-        super().__init__(
-            train_file=None, predict_file=predict_file, text_column="sentence", label_column="label",
-            model_name_or_path=model_name_or_path, batch_size=batch_size, eval_batch_size=eval_batch_size,
-            max_length=max_length, val_fraction=val_fraction, group_column=None, seed=seed,
-            group_by_length=group_by_length,
-            length_grouping=length_grouping,
-            sort_eval_by_length=sort_eval_by_length, max_train_samples=max_train_samples,
-            max_eval_samples=max_eval_samples, num_workers=num_workers)
+        given = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        o = plain_options(**given)  # plain values (C22)
+        shared = ("model_name_or_path", "batch_size", "eval_batch_size", "max_length", "val_fraction", "seed",
+                  "group_by_length", "length_grouping", "sort_eval_by_length", "max_train_samples", "max_eval_samples",
+                  "predict_file", "num_workers")
+        super().__init__(train_file=None, text_column="sentence", label_column="label", **{k: o[k] for k in shared})
         # this preset's options only: the base class's file and column options are data_dir's and SST-2's
-        self.save_hyperparameters(ignore=["train_file", "validation_file", "test_file", "text_column",
-                                          "text_pair_column", "label_column", "group_column", "labels", "tsv_quoting"])
+        self.save_hyperparameters(o)
 
     duplicate_checked = ("test",)  # val: split_val counts every val phrase inside a train phrase, duplicates included
 
