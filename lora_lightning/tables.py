@@ -41,7 +41,7 @@ from typing import Literal
 
 from datasets import Dataset, Features, Value
 
-from lora_lightning.errors import DataFileError
+from lora_lightning.errors import DataFileError, option
 
 FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 TsvQuoting = Literal["auto", "none", "csv"]
@@ -458,8 +458,8 @@ def check_columns(table: Table, needed: dict[str, str], hint: str | None = None)
     missing = [c for c in needed if c not in columns]
     if missing:
         options = ", ".join(f"{needed[c]}={c!r}" for c in missing)
-        looks_like_data = any(DIGITS.fullmatch(c.strip()) or c.count(" ") >= 3 for c in columns)  # GoEmotions' line 1
-        headerless = ("; no header row? name the columns with data.column_names "
+        looks_like_data = any(not c.strip() or DIGITS.fullmatch(c.strip()) or c.count(" ") >= 3 for c in columns)
+        headerless = (f"; no header row? name the columns with {option('data', 'column_names')} "
                       f"[{', '.join(['text', 'label', 'id', 'col4', 'col5'][:len(columns)])}]"
                       if table.text_format and looks_like_data else "")
         raise DataFileError(f"{table.header_where()}: missing column(s) {missing} in header {columns}"
