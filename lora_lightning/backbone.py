@@ -15,10 +15,11 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 from transformers.utils import logging as hf_logging
 
-from lora_lightning.errors import OptionError
+from lora_lightning.errors import OptionError, option, prefix
 from lora_lightning.hub import check_model_files, hub_error, resolve_model_path, weights_error
 from lora_lightning.labels import resolve_id2label
-from lora_lightning.lora import matches_target
+from lora_lightning.tasks import get_task
+from lora_lightning.lora import inject_lora, mark_only_lora_as_trainable, matches_target
 
 HALF_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -66,8 +67,8 @@ def load_backbone(model_name_or_path: str, torch_dtype: str | None = None, dropo
         ModelFileError: a local folder without ``config.json`` or weights, or with a truncated or corrupt
             weights file (C32), named in one line.
     """
-    single = problem_type == "single_label_classification"
-    id2label = resolve_id2label(num_labels, id2label, 2 if single else 1, single)
+    task = get_task(problem_type)
+    id2label = resolve_id2label(num_labels, id2label, task.min_labels, task.sst2_names)
     path = resolve_model_path(model_name_or_path)
     if os.path.isdir(path):
         check_model_files(model_name_or_path, Path(path))
@@ -120,6 +121,67 @@ def new_modules(model: nn.Module, keys: Iterable[str]) -> list[str]:
         if under & keys and (under <= keys or own & keys):
             chosen.append(name)
     return chosen
+
+
+def _inputs_to_weight_dtype(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: floating-point inputs in the dtype of ``module``'s first parameter, so a float32 head
+    takes a bfloat16 / float16 base's hidden states outside autocast too (inside it, autocast casts anyway)."""
+    weight = next(module.parameters(), None)
+    if weight is None:
+        return args
+    return tuple(a.to(weight.dtype) if torch.is_tensor(a) and a.is_floating_point() and a.dtype != weight.dtype else a
+                 for a in args)
+
+
+def prepare_training(model: nn.Module, new: list[str], model_name_or_path: str, finetune: str, target_modules: list[str],
+                     r: int, lora_alpha: float, lora_dropout: float, use_rslora: bool, use_dora: bool,
+                     train_pooler: bool) -> tuple[list[str], list[str]]:
+    """Decide what trains and set it up, in place: LoRA injected (``finetune="lora"``) or every weight (``"full"``),
+    the modules trained in full (``modules_to_save``), float32 master weights for what trains (C11), and a
+    half-precision base's hidden states cast for the float32 head (C25).
+
+    Trained in full (C15): every new tensor (``new``, ``load_backbone``'s), the task head (``HEAD_NAMES``, as PEFT's
+    ``SEQ_CLS`` does) and, with ``train_pooler``, the pooler; the outermost modules only; one log line names them.
+
+    Returns:
+        ``(modules_to_save, lora_modules)``: the qualified names of the modules trained in full, and of the layers
+        that got LoRA (none for ``full``).
+
+    Raises:
+        OptionError: ``train_pooler`` for a model without a pooler; bad LoRA options or targets (``inject_lora``);
+            a target inside a module trained in full (``check_lora_outside``).
+    """
+    names = [name for name, _ in model.named_modules()]
+    poolers = [n for n in names if n.rsplit(".", 1)[-1] == "pooler"]
+    if train_pooler and not poolers:
+        raise OptionError(f"{option('model', 'train_pooler')}=true, but {type(model).__name__} has no pooler "
+                          "(its head does not use one): leave it false")
+    full = set(new) | {n for n in names if n.rsplit(".", 1)[-1] in HEAD_NAMES} | set(poolers if train_pooler else [])
+    modules_to_save = [n for n in names if n in full and not any(n.startswith(m + ".") for m in full)]
+    fresh = [m for m in modules_to_save if m in new]
+    kept = [m for m in modules_to_save if m not in new]
+    said = [f"new head modules trained in full: {', '.join(fresh)}"] if fresh else []
+    said += [f"trained in full from {model_name_or_path}: {', '.join(kept)}"] if kept else []
+    if said:
+        rank_zero_info("; ".join(said))
+    if finetune == "full":
+        lora_modules: list[str] = []
+        model.requires_grad_(True)
+        trainable = [name for name, _ in model.named_parameters()]
+    else:
+        try:
+            lora_modules = inject_lora(model, target_modules, r, lora_alpha, lora_dropout, use_rslora=use_rslora,
+                                       use_dora=use_dora)
+        except ValueError as error:
+            raise OptionError(f"{prefix('model')}{error}") from None
+        check_lora_outside(lora_modules, modules_to_save, target_modules)
+        trainable = mark_only_lora_as_trainable(model, modules_to_save)
+    for name in trainable:
+        param = model.get_parameter(name)
+        param.data = param.data.float()  # fp32 master weights for what trains (C11)
+    for name in modules_to_save:  # their float32 weights take a half-precision base's output (C25)
+        model.get_submodule(name).register_forward_pre_hook(_inputs_to_weight_dtype)
+    return modules_to_save, lora_modules
 
 
 def check_lora_outside(lora_modules: list[str], full_modules: list[str], target_modules: list[str]) -> None:

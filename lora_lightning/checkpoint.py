@@ -157,6 +157,44 @@ def check_resume(saved: Mapping, current: Mapping) -> dict:
             if name in saved and name in current and normalise_hparam(saved[name]) != normalise_hparam(current[name])}
 
 
+def resume_said(saved: Mapping, hp, class_weights: list | None = None) -> list[str]:
+    """What a resumed ``fit`` says of each option its checkpoint was trained with otherwise (``check_resume``), one line
+    each; the schedule's warm-up and the class weights are taken from the checkpoint into ``hp`` (in place)."""
+    lines = []
+    for name, value in check_resume(saved, hp).items():
+        flag, mine = option("model", name), hp[name]
+        if name == "warmup_ratio":  # the schedule is this model's: it goes on with the checkpoint's
+            hp["warmup_ratio"] = value
+            lines.append(f"resuming: {flag}={value!r} from the checkpoint (this model has {mine!r}): its schedule goes on")
+        elif name == "class_weights":  # the loss of the run goes on as it was
+            hp["class_weights"] = value
+            lines.append(f"resuming: {flag}={value!r} from the checkpoint (this model has {mine!r}): the run's loss goes "
+                         f"on with its weights {class_weights}")
+        elif name in ("learning_rate", "weight_decay", "loraplus_lr_ratio"):  # restored with the optimizer state
+            lines.append(f"resuming: the checkpoint was trained with {flag}={value!r}, this model has {mine!r}; the run "
+                         "goes on with the checkpoint's (its optimizer state holds it)")
+        else:  # dropout: the modules are built
+            lines.append(f"resuming: the checkpoint was trained with {flag}={value!r}, this model has {mine!r}, used from here")
+    return lines
+
+
+def check_overrides(saved: Mapping, overrides: Mapping) -> None:
+    """Refuse ``load_from_checkpoint`` keyword arguments that change what the checkpoint's weights mean (a structure
+    option, the classes, the problem type), before Lightning writes them over the saved values.
+
+    Raises:
+        CheckpointError: naming the option and the checkpoint's value.
+    """
+    given = {k: v for k, v in overrides.items() if k in STRUCTURE_OPTIONS + LABEL_OPTIONS}
+    trained = saved.get("num_labels", 2)
+    if "num_labels" in given and given["num_labels"] != trained:
+        raise CheckpointError(f"checkpoint was trained with num_labels={trained} but this model has "
+                              f"num_labels={given['num_labels']}, which changes what its weights mean: "
+                              "leave num_labels out of load_from_checkpoint")
+    if given:
+        check_options(saved, {**saved, **given})
+
+
 def label_names(options: Mapping) -> list[str]:
     """The class names by index that hyperparameters give (``num_labels``, ``id2label``; neither: SST-2's).
 
@@ -165,8 +203,11 @@ def label_names(options: Mapping) -> list[str]:
     """
     if not any(name in options for name in LABEL_OPTIONS):
         options = STRUCTURE_DEFAULTS
-    single = options.get("problem_type", "single_label_classification") == "single_label_classification"
-    return list(resolve_id2label(options.get("num_labels", 2), options.get("id2label"), 2 if single else 1, single).values())
+    from lora_lightning.tasks import get_task
+
+    task = get_task(options.get("problem_type") or "single_label_classification")
+    return list(resolve_id2label(options.get("num_labels", 2), options.get("id2label"), task.min_labels,
+                                 task.sst2_names).values())
 
 
 def fill_frozen(state: dict, trainable: Mapping[str, torch.Size], full: Mapping[str, torch.Tensor], model: str) -> None:

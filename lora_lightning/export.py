@@ -149,7 +149,7 @@ def export(
     print(f"Wrote the {format} export of {ckpt_path} to {out}/")
     cut = f"  # cuts at {max_length} tokens, as the run did" if max_length is not None else ""
     if format == "adapter":
-        base = base_model_call(base_path, module.model.config.id2label, module.task.problem_type)
+        base = base_model_call(base_path, module.model.config.id2label, module.task.config_kwargs())
         print(f"Load it with peft.PeftModel.from_pretrained({base}, {str(out)!r})")
     else:
         print(f'Load it with pipeline("text-classification", model={str(out)!r}, truncation=True){cut}')
@@ -199,12 +199,12 @@ def check_output_dir(out: Path, format: str, overwrite: bool) -> None:  # noqa: 
         raise OutputExistsError(f"output_dir {out} holds an earlier {format} export: pass --overwrite true to replace it")
 
 
-def base_model_call(base: str, id2label: dict[int, str], problem_type: str = "single_label_classification") -> str:
+def base_model_call(base: str, id2label: dict[int, str], config_kwargs: dict | None = None) -> str:
     """The transformers call that builds the base an adapter export loads into, from ``base`` (where this run
     loaded it: a local folder, or the packaged model's, so the line works offline where the run did), with
     the K outputs named and, beyond one label per text, the problem type (a pipeline then applies a sigmoid
     per label, or nothing to a regression's values)."""
-    kind = "" if problem_type == "single_label_classification" else f", problem_type={problem_type!r}"
+    kind = "".join(f", {k}={v!r}" for k, v in (config_kwargs or {}).items())
     return (f"AutoModelForSequenceClassification.from_pretrained({base!r}, "
             f"num_labels={len(id2label)}, id2label={dict(id2label)!r}{kind})")
 

@@ -16,35 +16,18 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.wrappers import ClasswiseWrapper
 
-from lora_lightning.checkpoint import (LABEL_OPTIONS, STRUCTURE_OPTIONS, check_options, check_resume, fill_frozen,
-                                      keep_trainable, read_hyperparameters)
+from lora_lightning.checkpoint import (check_options, check_overrides, fill_frozen, keep_trainable, read_hyperparameters,
+                                      resume_said)
 from lora_lightning.dropout import use_fast_dropout
 from lora_lightning.errors import (CheckpointError, LoRALightningError, LoRALightningWarning, OptionError,
                                    TrainingDivergedError, option, prefix)
-from lora_lightning.backbone import HEAD_NAMES, check_lora_outside, last_layer_first_token_only, load_backbone
+from lora_lightning.backbone import last_layer_first_token_only, load_backbone, prepare_training
 from lora_lightning.labels import resolve_id2label
 from lora_lightning.lora import count_parameters, inject_lora, mark_only_lora_as_trainable, merge_lora, unmerge_lora
 from lora_lightning.metrics import hparams_for_board, register_hparams_metric
+from lora_lightning.optim import adamw, linear_factor, resumed_schedule, set_rates
 from lora_lightning.tasks import ProblemType, get_task
 from lora_lightning.values import as_bool, as_float, as_id2label, as_int, as_str, as_str_list
-
-
-def _inputs_to_weight_dtype(module: nn.Module, args: tuple) -> tuple:
-    """Forward pre-hook: floating-point inputs in the dtype of ``module``'s first parameter, so a float32 head
-    takes a bfloat16 / float16 base's hidden states outside autocast too (inside it, autocast casts anyway)."""
-    weight = next(module.parameters(), None)
-    if weight is None:
-        return args
-    return tuple(a.to(weight.dtype) if torch.is_tensor(a) and a.is_floating_point() and a.dtype != weight.dtype else a
-                 for a in args)
-
-
-
-def _factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``: the multiple of the peak rate."""
-    if step < warmup:
-        return float(step) / float(max(1, warmup))
-    return max(0.0, float(total - step) / float(max(1, total - warmup)))
 
 
 def describe(hp, lora_modules: list[str]) -> str:
@@ -60,19 +43,41 @@ def describe(hp, lora_modules: list[str]) -> str:
             f"Linears{within} ({', '.join(hp.target_modules)})")
 
 
+def check_ranges(learning_rate: float, warmup_ratio: float, loraplus_lr_ratio: float | None, backbone_dropout: float | None,
+                 threshold: float, finetune: str, use_rslora: bool, use_dora: bool) -> None:
+    """Refuse ``LoRAClassifier`` options out of range, or LoRA variants with full fine-tuning, one line each.
+
+    Raises:
+        OptionError: naming the option, its range and the value.
+    """
+    if not learning_rate > 0:
+        raise OptionError(f"{option('model', 'learning_rate')} must be > 0, got {learning_rate}")
+    if not 0 <= warmup_ratio < 1:
+        raise OptionError(f"{option('model', 'warmup_ratio')} must be in [0, 1), got {warmup_ratio}")
+    if loraplus_lr_ratio is not None and not loraplus_lr_ratio > 0:
+        raise OptionError(f"{option('model', 'loraplus_lr_ratio')} must be > 0 (or null), got {loraplus_lr_ratio}")
+    if backbone_dropout is not None and not 0 <= backbone_dropout < 1:
+        raise OptionError(f"{option('model', 'backbone_dropout')} must be in [0, 1) (or null), got {backbone_dropout}")
+    variants = [option("model", name) for name, on in (("use_rslora", use_rslora), ("use_dora", use_dora),
+                                                       ("loraplus_lr_ratio", loraplus_lr_ratio is not None)) if on]
+    if finetune == "full" and variants:
+        raise OptionError(f"{', '.join(variants)} need {option('model', 'finetune')}=lora: full fine-tuning has no LoRA")
+    if not 0 < threshold < 1:
+        raise OptionError(f"{option('model', 'threshold')} must be in (0, 1), got {threshold}")
+
+
 class LoRAClassifier(pl.LightningModule):
-    """Sentence classifier over ``num_labels`` (K) classes: a frozen pretrained encoder with LoRA
-    (Hu et al. 2021, arXiv:2106.09685) in its attention, plus a trained classification head.
+    """A text classifier (or regressor) with ``num_labels`` (K) outputs: a frozen pretrained encoder with LoRA
+    (Hu et al. 2021, arXiv:2106.09685) in its attention, plus a trained head.
 
-    Batches are dicts from ``SST2DataModule``: ``input_ids``/``attention_mask``/``token_type_ids``
-    of shape ``(B, T)`` and ``labels`` of shape ``(B,)`` (class indices ``0..K-1``); logits are
-    ``(B, K)``. ``token_type_ids`` are dropped for a model that takes none (DistilBERT).
-
-    Logged per validation / test (``val_`` / ``test_``): ``loss``; for K = 2 ``acc`` and ``f1``
-    (binary, class 1 positive); for K > 2 ``acc`` (micro), ``macro_f1`` and ``f1_<name>`` per class
-    (see ``classification_metrics``). With a ``TensorBoardLogger``, the confusion matrix as a figure,
-    ``val_confusion_matrix`` / ``test_confusion_matrix``, at the end of every validation (not the
-    sanity check) and test.
+    Batches are dicts from the data modules: ``input_ids``/``attention_mask``/``token_type_ids`` of shape
+    ``(B, T)`` and ``labels`` (class indices ``(B,)``; multi-label and regression: ``(B, K)`` floats); logits are
+    ``(B, K)``. ``token_type_ids`` are dropped for a model that takes none (DistilBERT). The problem type
+    (``tasks``) decides the loss, the metrics logged per validation / test (``val_`` / ``test_``, with ``loss``:
+    ``acc`` and ``f1`` for K = 2 classes, ``macro_f1`` and ``f1_<name>`` for more; multi-label's F1s and
+    ``subset_acc``; regression's ``pearson``, ``spearman``, ``mse``, ``mae``) and the figure a
+    ``TensorBoardLogger`` gets after every validation (not the sanity check) and test (``val_confusion_matrix``;
+    regression: ``val_scatter``).
 
     Trained in full (``modules_to_save``, the adapter export's too): every module that
     ``model_name_or_path`` does not hold (the new head: BERT's ``classifier``, DistilBERT's
@@ -126,11 +131,18 @@ class LoRAClassifier(pl.LightningModule):
             recomputed in the backward pass instead of kept (less memory for long ``max_length`` or big batches,
             about a third more compute). The gradients are the same as without it (tested); the last layer then
             runs for every token (``backbone.FirstTokenOnly``).
-        num_labels: number of classes K, at least 2 (the head's width); set from the data by the CLI.
+        num_labels: number of outputs K (the head's width): classes (at least 2), labels or targets; set from
+            the data by the CLI.
         id2label: class index -> name, keys exactly ``0..K-1`` (``"0"`` string keys are read as
             ints), names distinct; it names the metrics, the exports' labels and the predictions.
             ``null``: SST-2's ``negative``/``positive`` when K = 2, else ``LABEL_<i>``. Set from the
             data by the CLI.
+        problem_type: ``single_label_classification``, ``multi_label_classification`` or ``regression``
+            (transformers' ``config.problem_type``, written into the exports); linked from ``data.problem_type``.
+        class_weights: ``balanced`` (from the train rows' labels: scikit-learn's for classes, negatives /
+            positives per label for multi-label) or K numbers; ``null``: unweighted. Said in the log, saved in
+            the checkpoint, kept by a resumed run.
+        threshold: multi-label's decision threshold on each label's probability, in (0, 1); a run option.
 
     Checkpoints hold only the trainable tensors (LoRA ``A``/``B``, the head, anything else set
     trainable), with the optimizer state and the hyperparameters; the frozen base is rebuilt from
@@ -183,8 +195,6 @@ class LoRAClassifier(pl.LightningModule):
         if class_weights is not None and not isinstance(class_weights, str):
             class_weights = [as_float("model", "class_weights", w) for w in class_weights]
         task = get_task(problem_type)
-        if not 0 < threshold < 1:
-            raise OptionError(f"{option('model', 'threshold')} must be in (0, 1), got {threshold}")
         lora_alpha, lora_dropout, learning_rate, weight_decay, warmup_ratio, loraplus_lr_ratio, backbone_dropout = (
             as_float("model", n, v) for n, v in (
                 ("lora_alpha", lora_alpha), ("lora_dropout", lora_dropout), ("learning_rate", learning_rate),
@@ -196,20 +206,9 @@ class LoRAClassifier(pl.LightningModule):
                 ("use_rslora", use_rslora), ("use_dora", use_dora), ("gradient_checkpointing", gradient_checkpointing)))
         target_modules = as_str_list("model", "target_modules", target_modules)
         id2label = as_id2label("model", "id2label", id2label)
-        if not learning_rate > 0:
-            raise OptionError(f"{option('model', 'learning_rate')} must be > 0, got {learning_rate}")
-        if not 0 <= warmup_ratio < 1:
-            raise OptionError(f"{option('model', 'warmup_ratio')} must be in [0, 1), got {warmup_ratio}")
-        if loraplus_lr_ratio is not None and not loraplus_lr_ratio > 0:
-            raise OptionError(f"{option('model', 'loraplus_lr_ratio')} must be > 0 (or null), got {loraplus_lr_ratio}")
-        if backbone_dropout is not None and not 0 <= backbone_dropout < 1:
-            raise OptionError(f"{option('model', 'backbone_dropout')} must be in [0, 1) (or null), got {backbone_dropout}")
-        variants = [option("model", name) for name, on in (("use_rslora", use_rslora), ("use_dora", use_dora),
-                                                           ("loraplus_lr_ratio", loraplus_lr_ratio is not None)) if on]
-        if finetune == "full" and variants:
-            raise OptionError(f"{', '.join(variants)} need {option('model', 'finetune')}=lora: full fine-tuning has no LoRA")
+        check_ranges(learning_rate, warmup_ratio, loraplus_lr_ratio, backbone_dropout, threshold, finetune, use_rslora, use_dora)
         # saved so, by save_hyperparameters: int keys, names filled in
-        id2label = resolve_id2label(num_labels, id2label, task.min_labels, problem_type == "single_label_classification")
+        id2label = resolve_id2label(num_labels, id2label, task.min_labels, task.sst2_names)
         self.label_names = list(id2label.values())  # by output index
         self.save_hyperparameters()
         self.model, new = load_backbone(model_name_or_path, torch_dtype, backbone_dropout, num_labels, id2label, problem_type)
@@ -223,37 +222,9 @@ class LoRAClassifier(pl.LightningModule):
         self.first_token_only = last_layer_first_token_only(self.model)  # exact; in forward() only (backbone.py)
         if finetune not in ("lora", "full"):
             raise OptionError(f"{option('model', 'finetune')} must be 'lora' or 'full', got {finetune!r}")
-        names = [name for name, _ in self.model.named_modules()]
-        poolers = [n for n in names if n.rsplit(".", 1)[-1] == "pooler"]
-        if train_pooler and not poolers:
-            raise OptionError(f"{option('model', 'train_pooler')}=true, but {type(self.model).__name__} has no pooler "
-                              "(its head does not use one): leave it false")
-        # Trained in full (C15): every new tensor, the task head (as PEFT does), the pooler if asked; outermost only.
-        full = set(new) | {n for n in names if n.rsplit(".", 1)[-1] in HEAD_NAMES} | set(poolers if train_pooler else [])
-        self.modules_to_save = [n for n in names if n in full and not any(n.startswith(m + ".") for m in full)]
-        fresh = [m for m in self.modules_to_save if m in new]
-        kept = [m for m in self.modules_to_save if m not in new]
-        said = [f"new head modules trained in full: {', '.join(fresh)}"] if fresh else []
-        said += [f"trained in full from {model_name_or_path}: {', '.join(kept)}"] if kept else []
-        if said:
-            rank_zero_info("; ".join(said))
-        if finetune == "full":
-            self.lora_modules = []
-            self.model.requires_grad_(True)
-            trainable = [name for name, _ in self.model.named_parameters()]
-        else:
-            try:
-                self.lora_modules = inject_lora(self.model, list(target_modules), r, lora_alpha, lora_dropout,
-                                                use_rslora=use_rslora, use_dora=use_dora)
-            except ValueError as error:
-                raise OptionError(f"{prefix('model')}{error}") from None
-            check_lora_outside(self.lora_modules, self.modules_to_save, list(target_modules))
-            trainable = mark_only_lora_as_trainable(self.model, self.modules_to_save)
-        for p in trainable:
-            param = self.model.get_parameter(p)
-            param.data = param.data.float()  # fp32 master weights for what trains (C11)
-        for name in self.modules_to_save:  # their float32 weights take a half-precision base's output (C25)
-            self.model.get_submodule(name).register_forward_pre_hook(_inputs_to_weight_dtype)
+        self.modules_to_save, self.lora_modules = prepare_training(
+            self.model, new, model_name_or_path, finetune, list(target_modules), r, lora_alpha, lora_dropout, use_rslora,
+            use_dora, train_pooler)
         # Checkpoints hold the trainable tensors only; on_load_checkpoint checks them, then fills in the frozen base.
         signature = inspect.signature(self.model.forward).parameters.values()
         self.forward_inputs = {p.name for p in signature if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
@@ -584,20 +555,7 @@ class LoRAClassifier(pl.LightningModule):
             rank_zero_warn(f"checkpoint was trained on {option('model', 'model_name_or_path')}={saved['model_name_or_path']!r}, "
                            f"this run loads {hp.model_name_or_path!r}", category=LoRALightningWarning)
         if self._trainer is not None and self.trainer.state.fn == "fit":  # resuming: what the optimizer state fixes
-            for name, value in check_resume(saved, hp).items():
-                flag, mine = option("model", name), hp[name]
-                if name == "warmup_ratio":  # the schedule is this model's: it goes on with the checkpoint's
-                    hp["warmup_ratio"] = value
-                    said = f"resuming: {flag}={value!r} from the checkpoint (this model has {mine!r}): its schedule goes on"
-                elif name == "class_weights":  # the loss of the run goes on as it was
-                    hp["class_weights"] = value
-                    said = (f"resuming: {flag}={value!r} from the checkpoint (this model has {mine!r}): the run's loss "
-                            f"goes on with its weights {checkpoint.get('class_weights')}")
-                elif name in ("learning_rate", "weight_decay", "loraplus_lr_ratio"):  # restored with the optimizer state
-                    said = (f"resuming: the checkpoint was trained with {flag}={value!r}, this model has {mine!r}; the run "
-                            "goes on with the checkpoint's (its optimizer state holds it)")
-                else:  # dropout: the modules are built
-                    said = f"resuming: the checkpoint was trained with {flag}={value!r}, this model has {mine!r}, used from here"
+            for said in resume_said(saved, hp, checkpoint.get("class_weights")):
                 rank_zero_warn(said, category=LoRALightningWarning)
         if checkpoint.get("class_weights") is not None:
             self.task.class_weight = torch.tensor(checkpoint["class_weights"], dtype=torch.float32)
@@ -623,15 +581,7 @@ class LoRAClassifier(pl.LightningModule):
             CheckpointError: such an override, naming it and the checkpoint's value; an unreadable file.
         """
         if kwargs:
-            saved = read_hyperparameters(checkpoint_path)
-            overrides = {k: v for k, v in kwargs.items() if k in STRUCTURE_OPTIONS + LABEL_OPTIONS}
-            trained = saved.get("num_labels", 2)
-            if "num_labels" in overrides and overrides["num_labels"] != trained:
-                raise CheckpointError(f"checkpoint was trained with num_labels={trained} but this model has "
-                                      f"num_labels={overrides['num_labels']}, which changes what its weights mean: "
-                                      "leave num_labels out of load_from_checkpoint")
-            if overrides:
-                check_options(saved, {**saved, **overrides})
+            check_overrides(read_hyperparameters(checkpoint_path), kwargs)
         model = super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
                                              strict=strict, weights_only=weights_only, **kwargs)
         return model.eval()
@@ -655,16 +605,8 @@ class LoRAClassifier(pl.LightningModule):
         accumulation, limit_train_batches, devices), is read in ``on_train_start``: reading it here
         would load the training data before a resumed run restores its loader's state.
         """
-        lr, ratio = self.hparams.learning_rate, self.hparams.get("loraplus_lr_ratio")
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        # on CUDA one fused kernel updates every tensor (float32, as the trained tensors always are)
-        fused = {"fused": True} if named and all(p.is_cuda and p.dtype == torch.float32 for _, p in named) else {}
-        if ratio is None:
-            groups = [{"params": [p for _, p in named]}]
-        else:  # LoRA+ (Hayou et al. 2024): B learns ratio x faster than A; the head keeps the base rate
-            groups = [{"params": [p for n, p in named if not n.endswith("lora_B")]},
-                      {"params": [p for n, p in named if n.endswith("lora_B")], "lr": lr * ratio}]
-        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=self.hparams.weight_decay, **fused)
+        optimizer = adamw(named, self.hparams.learning_rate, self.hparams.weight_decay, self.hparams.get("loraplus_lr_ratio"))
         self._schedule = None  # (warmup_steps, total_steps), set in on_train_start
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         # "name": the learning-rate curve's TensorBoard tag is `lr` (LearningRateMonitor)
@@ -674,7 +616,7 @@ class LoRAClassifier(pl.LightningModule):
         """Multiplier of the peak learning rate at optimizer step ``step``."""
         if self._schedule is None:  # at construction, before the length is known: set again in on_train_start
             return 0.0
-        return _factor(step, *self._schedule)
+        return linear_factor(step, *self._schedule)
 
     def on_train_start(self) -> None:
         """Size the schedule from the run's length, and set the current learning rate from it.
@@ -692,19 +634,11 @@ class LoRAClassifier(pl.LightningModule):
                               "length: set trainer.max_epochs or trainer.max_steps (trainer.max_time may still stop it early)")
         self._schedule = (int(self.hparams.warmup_ratio * total), int(total))
         if self._saved_schedule is not None and self.global_step > 0:
-            (warmup, length), step = self._saved_schedule, self.global_step
-            if length != int(total):
-                after = (f"steps {length}..{int(total)} train at rate 0 (a longer schedule needs a new run: fit without "
-                         "--ckpt_path)" if total > length else f"it ends before the rate decays to 0 at step {length}")
-                rank_zero_warn(f"resuming at step {step}: the learning-rate schedule goes on as its run had it ({length} "
-                               f"steps, {warmup} of warm-up); trainer.max_epochs / max_steps now stop the run at step "
-                               f"{int(total)}: {after}", category=LoRALightningWarning)
+            said = resumed_schedule(self._saved_schedule, int(total), self.global_step)
+            if said:
+                rank_zero_warn(said, category=LoRALightningWarning)
             self._schedule = self._saved_schedule
-        for config in self.trainer.lr_scheduler_configs:
-            scheduler = config.scheduler
-            for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
-                group["lr"] = base_lr * self._lr_factor(scheduler.last_epoch)
-            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+        set_rates([config.scheduler for config in self.trainer.lr_scheduler_configs], self._lr_factor)
         from pytorch_lightning.callbacks import Timer
 
         timers = [c for c in self.trainer.callbacks if isinstance(c, Timer) and c.time_remaining() is not None]

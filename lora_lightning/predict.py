@@ -81,7 +81,7 @@ class PredictionWriter(BasePredictionWriter):
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-            if "index" in rows.column_names and task.problem_type == "single_label_classification":
+            if "index" in rows.column_names and task.submission:
                 writer.writerow(["index", "prediction"])  # GLUE's submission format
                 writer.writerows(zip(rows["index"], probs.argmax(-1).tolist()))
             else:

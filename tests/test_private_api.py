@@ -16,7 +16,7 @@ USES = [
     (LightningCLI, "_parse_ckpt_path", "cli.LoRACLI._parse_ckpt_path",
      "the checkpoint's options go into the config before the classes are built (C09)"),
     (LightningCLI, "_add_subcommands", "cli.LoRACLI._add_subcommands", "`export` listed in --help"),
-    (torch.optim.lr_scheduler.LambdaLR, "_last_lr", "model.LoRAClassifier.on_train_start",
+    (torch.optim.lr_scheduler.LambdaLR, "_last_lr", "optim.set_rates (model.LoRAClassifier.on_train_start)",
      "the learning rate of the first step once the schedule's length is known"),
 ]
 
@@ -40,3 +40,15 @@ def test_parser_internals_still_exist():
     parser.add_subcommands()
     assert hasattr(parser, "_subcommands_action"), "jsonargparse's _subcommands_action is gone: cli.LoRACLI._add_subcommands"
     assert "parser" in inspect.signature(LightningCLI._add_subcommands).parameters
+
+
+def test_loop_progress_format_still_holds():
+    """callbacks.validation_pending edits a checkpoint's loop progress (a Ctrl-C between an epoch's last step and its
+    validation resumes into that validation): the keys it edits, and the restart stage Lightning reads from them."""
+    from pytorch_lightning.loops.evaluation_loop import RestartStage
+    from pytorch_lightning.loops.progress import _BatchProgress
+
+    assert hasattr(RestartStage, "RESTARTED_MID_EVALUATION"), "Lightning's RestartStage changed: callbacks.validation_pending"
+    state = _BatchProgress().state_dict()
+    assert {"total", "current", "is_last_batch"} <= set(state), state
+    assert {"ready", "started", "processed", "completed"} <= set(state["total"]), state

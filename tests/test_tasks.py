@@ -276,3 +276,31 @@ def test_real_goemotions_and_stsb_read_as_published(packaged_model):
                                       label_column="score", problem_type="regression", model_name_or_path=packaged_model)
     scores = [s for (s,) in dm.load_raw(("train",))["train"]["label"]]
     assert len(scores) == 5_749 and min(scores) == 0.0 and max(scores) == 5.0
+
+
+def test_python_users_own_trainer(tmp_path, tiny_model_dir):
+    """From Python: a model built from the data module's problem type and labels trains with a plain pl.Trainer and
+    comes back with load_from_checkpoint as the same multi-label model; one of another problem type is refused at
+    fit start, in one line saying what to pass."""
+    import pytorch_lightning as pl
+
+    from conftest import quiet_trainer
+    from lora_lightning.model import LoRAClassifier
+
+    ids = {e: i for i, e in enumerate(EMOTIONS)}
+    dm = TextClassificationDataModule(str(write_headerless(tmp_path / "train.tsv", emotion_rows(60), ids)),
+                                      model_name_or_path=tiny_model_dir, column_names=["text", "labels", "id"],
+                                      label_column="labels", problem_type="multi_label_classification", label_names=list(EMOTIONS))
+    pl.seed_everything(0)
+    model = LoRAClassifier(tiny_model_dir, problem_type=dm.problem_type, num_labels=dm.num_labels, id2label=dm.id2label,
+                           threshold=0.4)
+    trainer = quiet_trainer(max_steps=3)
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    back = LoRAClassifier.load_from_checkpoint(tmp_path / "m.ckpt")
+    assert back.task.problem_type == "multi_label_classification" and back.task.threshold == 0.4
+    assert back.label_names == list(EMOTIONS) and back.model.config.problem_type == "multi_label_classification"
+    wrong = LoRAClassifier(tiny_model_dir, num_labels=3, id2label=dm.id2label)
+    with pytest.raises(OptionError, match=r"the data is problem_type=multi_label_classification, but the model is "
+                                          r"problem_type=single_label_classification"):
+        quiet_trainer(max_steps=1).fit(wrong, dm)

@@ -334,7 +334,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         parts = self.load_raw(tuple(labeled)) if labeled else {}
         if "val" in wanted and "val" not in parts:
             parts["train"], parts["val"] = self.split_val(parts["train"])
-        if stage == "fit":
+        if stage == "fit" and "train" in parts:  # a second fit with the splits set up already reads nothing new
             self._warn_duplicates(parts)
         else:
             parts.pop("train", None)

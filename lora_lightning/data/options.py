@@ -94,7 +94,7 @@ def check_options(o: dict) -> None:
         names = o.get(name)
         if names is not None and (len(names) < fewest or len(set(names)) < len(names)):
             raise OptionError(f"{option('data', name)} must name at least {fewest} classes, each once, got {names}")
-    if o.get("label_columns") is not None and problem_type == "single_label_classification":
+    if o.get("label_columns") is not None and not TASKS[problem_type].takes_label_columns:
         raise OptionError(f"{option('data', 'label_columns')}={o['label_columns']}: one column per label is for "
                           f"{option('data', 'problem_type')}=multi_label_classification (0/1 columns) or regression "
                           f"(one target each); a single-label file has one {option('data', 'label_column')}")

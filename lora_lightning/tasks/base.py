@@ -69,6 +69,9 @@ class Task:
     min_labels: ClassVar[int] = 1
     monitor: ClassVar[str]  # the validation metric a checkpoint is chosen by (higher is better), unprefixed
     weighted: ClassVar[bool] = False  # whether class_weights mean anything for this type
+    sst2_names: ClassVar[bool] = False  # two outputs without names are SST-2's negative / positive
+    takes_label_columns: ClassVar[bool] = True  # may read its targets from several columns (label_columns)
+    submission: ClassVar[bool] = False  # writes GLUE's index / prediction file for a test.tsv with an index
 
     def __init__(self, names: Sequence[str], threshold: float = 0.5, class_weight: torch.Tensor | None = None) -> None:
         self.names, self.threshold, self.class_weight = list(names), float(threshold), class_weight
@@ -195,6 +198,12 @@ class Task:
     def describe(self) -> str:
         """One line for the log: the problem type, its outputs, loss and weights."""
         raise NotImplementedError
+
+    @classmethod
+    def config_kwargs(cls) -> dict:
+        """What ``from_pretrained`` needs beyond ``num_labels`` / ``id2label`` to build this type's model (a
+        pipeline then applies a sigmoid per label, or nothing to a regression's values); none for one class."""
+        return {} if cls.sst2_names else {"problem_type": cls.problem_type}
 
     def weights_said(self) -> str:
         if self.class_weight is None:

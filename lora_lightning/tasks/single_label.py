@@ -23,6 +23,9 @@ class SingleLabel(Task):
     min_labels = 2
     monitor = "acc"
     weighted = True
+    sst2_names = True
+    takes_label_columns = False
+    submission = True
 
     @classmethod
     def _values(cls, table: Table, spec: LabelSpec) -> list:
