@@ -14,7 +14,9 @@
   ``peft.PeftModel.from_pretrained(base, DIR)`` loads. Written with ``json`` and ``safetensors``;
   this package never imports ``peft``. As in PEFT's own adapters, nothing in the folder says how
   many classes the head has (its ``classifier`` is ``(K, hidden)``): ``base`` must be built with
-  ``num_labels=K`` (and ``id2label``, for the names); ``export`` prints that call.
+  ``num_labels=K`` (and ``id2label``, for the names); ``export`` prints that call. ``lora_lightning.json`` beside it
+  holds what PEFT's config has no field for (the labels, problem type, ``max_length``, threshold, the base's
+  fingerprint), for ``python -m lora_lightning serve``.
 
 Files and folder get the usual permissions (``0o666``/``0o777`` less the umask), not private ones.
 """
@@ -32,6 +34,7 @@ from typing import Literal
 from safetensors.torch import save_file
 from torch import nn
 from lora_lightning.errors import OptionError, OutputExistsError
+from lora_lightning.adapters import META_FILE, base_fingerprint
 from lora_lightning.hub import load_tokenizer, resolve_model_path
 from lora_lightning.lora import LORA_PARAMETERS, LoRALinear, merge_and_unload
 
@@ -128,6 +131,10 @@ def export(
             config, tensors = peft_adapter(model, dict(module.hparams), module.modules_to_save)
             (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
             save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+            meta = {"num_labels": module.hparams.num_labels, "id2label": {str(k): v for k, v in module.model.config.id2label.items()},
+                    "problem_type": module.task.problem_type, "threshold": module.task.threshold, "max_length": max_length,
+                    "base_fingerprint": ckpt.get("base_fingerprint") or base_fingerprint(module.model)}
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")  # what PEFT's config has no field for
             tokenizer.save_pretrained(tmp)
         else:
             raise OptionError(f"--format must be 'merged' or 'adapter', got {format!r}")
@@ -163,7 +170,7 @@ TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.jinja"}
 EXPORT_FILES = {
     "merged": {"config.json", "model.safetensors", "model.safetensors.index.json", "generation_config.json"} | TOKENIZER_FILES,
-    "adapter": {"adapter_config.json", "adapter_model.safetensors"} | TOKENIZER_FILES,
+    "adapter": {"adapter_config.json", "adapter_model.safetensors", "lora_lightning.json"} | TOKENIZER_FILES,
 }
 MARKERS = {"merged": ("config.json", "model.safetensors"), "adapter": ("adapter_config.json", "adapter_model.safetensors")}
 

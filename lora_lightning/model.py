@@ -21,6 +21,7 @@ from lora_lightning.checkpoint import (check_options, check_overrides, fill_froz
 from lora_lightning.dropout import use_fast_dropout
 from lora_lightning.errors import (CheckpointError, LoRALightningError, LoRALightningWarning, OptionError,
                                    TrainingDivergedError, option, prefix)
+from lora_lightning.adapters import base_fingerprint
 from lora_lightning.backbone import last_layer_first_token_only, load_backbone, prepare_training
 from lora_lightning.labels import resolve_id2label
 from lora_lightning.lora import count_parameters, inject_lora, mark_only_lora_as_trainable, merge_lora, unmerge_lora
@@ -523,9 +524,13 @@ class LoRAClassifier(pl.LightningModule):
         return {name: p.shape for name, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep only the trainable tensors: an adapter-sized checkpoint, not a copy of BERT; and the run's
-        dropout seed and learning-rate schedule (warm-up, total steps), for an exact, checked resume."""
+        """Keep only the trainable tensors: an adapter-sized checkpoint, not a copy of BERT; the run's dropout seed and
+        learning-rate schedule (warm-up, total steps), for an exact, checked resume; and the base's fingerprint
+        (``adapters.base_fingerprint``), so a server refuses the adapter on another base."""
         checkpoint["state_dict"] = keep_trainable(checkpoint["state_dict"], self.trainable_state_keys())
+        if getattr(self, "_fingerprint", None) is None:  # the base is frozen: once per model
+            self._fingerprint = base_fingerprint(self.model)
+        checkpoint["base_fingerprint"] = self._fingerprint
         checkpoint["dropout_seed"] = self.dropout_seed
         if self.task.class_weight is not None:  # the weights the loss used (balanced: from that run's train rows)
             checkpoint["class_weights"] = self.task.class_weight.tolist()

@@ -199,6 +199,15 @@ class Task:
         """One line for the log: the problem type, its outputs, loss and weights."""
         raise NotImplementedError
 
+    def answer(self, output: list[float], all_scores: bool = False) -> dict:
+        """One row's answer to a request, as transformers' ``pipeline("text-classification")`` gives it: the best
+        output's ``label`` and ``score``; ``scores`` (every output's) with ``all_scores``."""
+        best = max(range(len(output)), key=output.__getitem__)
+        answer = {"label": self.names[best], "score": float(output[best])}
+        if all_scores:
+            answer["scores"] = [{"label": n, "score": float(v)} for n, v in zip(self.names, output)]
+        return answer
+
     @classmethod
     def config_kwargs(cls) -> dict:
         """What ``from_pretrained`` needs beyond ``num_labels`` / ``id2label`` to build this type's model (a

@@ -184,6 +184,10 @@ class MultiLabel(Task):
         chosen = [n for n, p in zip(self.names, output) if p >= self.threshold]
         return [",".join(chosen), *(f"{p:.6f}" for p in output)]
 
+    def answer(self, output: list[float], all_scores: bool = False) -> dict:
+        """The pipeline's answer, and ``labels``: those at or above the threshold (none too)."""
+        return {**super().answer(output, all_scores), "labels": [n for n, p in zip(self.names, output) if p >= self.threshold]}
+
     def describe(self) -> str:
         return (f"{self.problem_type}: {len(self.names)} labels {self.names}, a sigmoid per label + binary "
                 f"cross-entropy, threshold {self.threshold:g}{self.weights_said()}")

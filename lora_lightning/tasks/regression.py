@@ -82,5 +82,13 @@ class Regression(Task):
     def prediction_cells(self, output: list[float]) -> list[str]:
         return [f"{v:.6f}" for v in output]
 
+    def answer(self, output: list[float], all_scores: bool = False) -> dict:
+        """The value as ``score`` under the target's name (the pipeline's answer for a regression); several targets:
+        each under ``scores``."""
+        answer = {"label": self.names[0], "score": float(output[0])}
+        if all_scores or len(output) > 1:
+            answer["scores"] = [{"label": n, "score": float(v)} for n, v in zip(self.names, output)]
+        return answer
+
     def describe(self) -> str:
         return f"{self.problem_type}: {len(self.names)} target(s) {self.names}, mean squared error"
