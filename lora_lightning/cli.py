@@ -592,6 +592,12 @@ def main(args: list[str] | None = None) -> int:
                 from lora_lightning.export import export_main
 
                 export_main(argv[1:])
+            elif argv[:1] == ["serve"]:
+                try:
+                    from lora_lightning.serve import serve_main
+                except ImportError as error:
+                    raise OptionError(f"serve needs LitServe ({error}): pip install 'lora_lightning[serve]'") from None
+                serve_main(argv[1:])
             else:
                 cli_main(args)
                 end_process_group()

@@ -25,7 +25,8 @@ def trained(tmp_path: Path, model_dir: str, glue_dir: str, name: str, num_labels
     """A checkpoint of the tiny model with LoRA as ``options`` say, every trained tensor random (so each adapter's
     update and head differ from zero and from the others'), written as ``fit`` writes one."""
     torch.manual_seed(sum(map(ord, name)))
-    id2label = {0: "negative", 1: "positive"} if num_labels == 2 else {i: f"c{i}" for i in range(num_labels)}
+    id2label = ({0: "negative", 1: "positive"} if num_labels == 2 else {0: "score"} if num_labels == 1 else
+                {i: f"c{i}" for i in range(num_labels)})
     model = LoRAClassifier(model_dir, lora_dropout=0.0, num_labels=num_labels, id2label=id2label, **options)
     with torch.no_grad():
         for p in model.parameters():
