@@ -88,7 +88,7 @@ class MultiLoRALinear(nn.Module):
     def __init__(self, base_layer: nn.Linear, router: Router) -> None:
         super().__init__()
         self.base_layer, self.router = base_layer, router
-        self.updates: dict[int, tuple[torch.Tensor, torch.Tensor, float, torch.Tensor | None]] = {}
+        self.updates: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}  # A, scaling * B, DoRA
 
     def add(self, slot: int, update: LayerUpdate) -> None:
         """Hold ``update`` for ``slot``; DoRA's ``m / ||W0 + dW||`` is computed here, once.
@@ -107,7 +107,7 @@ class MultiLoRALinear(nn.Module):
         if update.magnitude is not None:
             weight = self.base_layer.weight.float() + (b @ a) * update.scaling
             scale = (update.magnitude.to(device, torch.float32) / torch.linalg.norm(weight, dim=1)).to(dtype)
-        self.updates[slot] = (a.to(dtype), b.to(dtype), float(update.scaling), scale)
+        self.updates[slot] = (a.to(dtype), (b * update.scaling).to(dtype), scale)  # scaling folded into B, once
 
     def remove(self, slot: int) -> None:
         self.updates.pop(slot, None)
@@ -122,9 +122,9 @@ class MultiLoRALinear(nn.Module):
             update = self.updates.get(slot)
             if update is None:
                 continue
-            a, b, scaling, scale = update
+            a, b, scale = update
             xs = x if rows.numel() == x.shape[0] else x.index_select(0, rows)
-            delta = torch.nn.functional.linear(torch.nn.functional.linear(xs, a), b) * scaling  # (b, ..., out)
+            delta = torch.nn.functional.linear(torch.nn.functional.linear(xs, a), b)  # (b, ..., r) -> (b, ..., out)
             if scale is None:
                 out = out + delta if rows.numel() == x.shape[0] else out.index_add(0, rows, delta)
                 continue

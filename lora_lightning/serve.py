@@ -105,7 +105,13 @@ class AdapterAPI(ls.LitAPI):
         self.model_name_or_path, self.adapters, self.max_texts = model_name_or_path, adapters, max_texts
 
     def setup(self, device) -> None:
+        from lora_lightning.callbacks import interactive
         from lora_lightning.engine import Engine
+
+        if not interactive():  # this worker is a process of its own: quiet as the command line is (cli.quiet_for_files)
+            import transformers
+
+            transformers.utils.logging.disable_progress_bar()
 
         self.engine = Engine(self.model_name_or_path, device=device if str(device).startswith("cuda") else "cpu")
         for name, path in self.adapters.items():
