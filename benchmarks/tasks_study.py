@@ -37,6 +37,7 @@ from lora_lightning.model import LoRAClassifier
 RECIPES = {
     "goemotions": ["--config", "configs/goemotions.yaml"],
     "goemotions-balanced": ["--config", "configs/goemotions.yaml", "--model.class_weights", "balanced"],
+    "goemotions-6ep": ["--config", "configs/goemotions.yaml", "--trainer.max_epochs", "6"],
     "stsb": ["--config", "configs/stsb.yaml"],
 }
 GRID = [round(0.05 + 0.01 * i, 2) for i in range(91)]
