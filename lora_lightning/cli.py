@@ -1,4 +1,4 @@
-"""The command line: ``python -m lora_lightning fit|validate|test|predict|export --config sst2.yaml``.
+"""The command line: ``python -m lora_lightning fit|validate|test|predict|export|serve --config sst2.yaml``.
 
 Wiring only: LightningCLI with the model, the data module and this package's rules for options:
 
@@ -124,7 +124,7 @@ class LoRACLI(LightningCLI):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
 
     def _add_subcommands(self, parser, **kwargs) -> None:
-        """Lightning's subcommands, and ``export`` (run by ``main``, listed here for ``--help``)."""
+        """Lightning's subcommands, and ``export`` and ``serve`` (run by ``main``, listed here for ``--help``)."""
         super()._add_subcommands(parser, **kwargs)
         from jsonargparse import ArgumentParser
 
@@ -134,6 +134,10 @@ class LoRACLI(LightningCLI):
         export_parser.add_function_arguments(export, as_positional=False)
         parser._subcommands_action.add_subcommand(
             "export", export_parser, help="Export a checkpoint as a merged transformers folder or a PEFT adapter")
+        serve_parser = ArgumentParser(description="Serve many adapters on one base over HTTP (LitServe): "
+                                                  "python -m lora_lightning serve --help")
+        parser._subcommands_action.add_subcommand(
+            "serve", serve_parser, help="Serve many LoRA adapters on one base over HTTP (pip install '.[serve]')")
 
     def parse_arguments(self, parser, args) -> None:
         """Parse, resolve ``--ckpt_path last`` / ``best`` to a file (C33), then refuse a bad ``--ckpt_path`` in one
