@@ -12,7 +12,6 @@ import torch
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.wrappers import ClasswiseWrapper
 
@@ -20,11 +19,11 @@ from lora_lightning.checkpoint import (check_options, check_overrides, fill_froz
                                       resume_said)
 from lora_lightning.dropout import use_fast_dropout
 from lora_lightning.errors import (CheckpointError, LoRALightningError, LoRALightningWarning, OptionError,
-                                   TrainingDivergedError, option, prefix)
+                                   TrainingDivergedError, option)
 from lora_lightning.adapters import base_fingerprint
 from lora_lightning.backbone import last_layer_first_token_only, load_backbone, prepare_training
 from lora_lightning.labels import resolve_id2label
-from lora_lightning.lora import count_parameters, inject_lora, mark_only_lora_as_trainable, merge_lora, unmerge_lora
+from lora_lightning.lora import count_parameters, merge_lora, unmerge_lora
 from lora_lightning.metrics import hparams_for_board, register_hparams_metric
 from lora_lightning.optim import adamw, linear_factor, resumed_schedule, set_rates
 from lora_lightning.tasks import ProblemType, get_task

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytorch_lightning as pl
-from datasets import Dataset, Value, concatenate_datasets
+from datasets import Dataset, concatenate_datasets
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, DataCollatorWithPadding
