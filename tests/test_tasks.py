@@ -304,3 +304,49 @@ def test_python_users_own_trainer(tmp_path, tiny_model_dir):
     with pytest.raises(OptionError, match=r"the data is problem_type=multi_label_classification, but the model is "
                                           r"problem_type=single_label_classification"):
         quiet_trainer(max_steps=1).fit(wrong, dm)
+
+
+@pytest.mark.parametrize("problem_type", ["multi_label_classification", "regression"])
+def test_resumed_run_equals_uninterrupted(problem_type, tmp_path, tiny_model_dir):
+    """Stop after epoch 1, resume from last.ckpt: the weights, the monitored metric and the class weights equal an
+    uninterrupted run's exactly (CPU), for each problem type beyond one label per text."""
+    import pytorch_lightning as pl
+
+    from conftest import quiet_trainer
+    from lora_lightning.callbacks import ModelCheckpoint
+    from lora_lightning.model import LoRAClassifier
+
+    ids = {e: i for i, e in enumerate(EMOTIONS)}
+    rows = emotion_rows(48)
+    if problem_type == "regression":
+        (tmp_path / "t.tsv").write_text("text\tscore\n" + "".join(f"{t} {i}\t{len(l) * 1.5}\n" for i, (t, l) in enumerate(rows)))
+        data = dict(label_column="score")
+    else:
+        write_headerless(tmp_path / "t.tsv", rows, ids)
+        data = dict(column_names=["text", "labels", "id"], label_column="labels", label_names=list(EMOTIONS))
+
+    class StopAfterFirstEpoch(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = True
+
+    def run(dirpath, ckpt_path=None, stop=False):
+        pl.seed_everything(7)
+        dm = TextClassificationDataModule(str(tmp_path / "t.tsv"), model_name_or_path=tiny_model_dir, batch_size=8,
+                                          val_fraction=0.25, problem_type=problem_type, **data)
+        weights = "balanced" if problem_type != "regression" else None
+        model = LoRAClassifier(tiny_model_dir, lora_dropout=0.1, learning_rate=1e-2, problem_type=problem_type,
+                               num_labels=dm.num_labels, id2label=dm.id2label, class_weights=weights)
+        checkpoint = ModelCheckpoint(dirpath=dirpath, save_last=True, monitor="val_acc", mode="max")  # switched to the type's
+        t = quiet_trainer(max_epochs=3, enable_checkpointing=True, callbacks=[checkpoint] + ([StopAfterFirstEpoch()] if stop else []))
+        t.fit(model, dm, ckpt_path=ckpt_path)
+        return model, float(t.callback_metrics[checkpoint.monitor]), checkpoint.monitor
+
+    full, full_score, monitor = run(tmp_path / "a")
+    assert monitor == {"regression": "val_pearson", "multi_label_classification": "val_macro_f1"}[problem_type]
+    run(tmp_path / "b", stop=True)
+    resumed, resumed_score, _ = run(tmp_path / "b", ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    assert resumed_score == full_score
+    if problem_type != "regression":
+        assert torch.equal(resumed.task.class_weight, full.task.class_weight)
+    for (name, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(a, b), name
