@@ -9,7 +9,7 @@ query+value. Rows: 512 GLUE SST-2 dev sentences in file order, batches of 32, ro
 
 - engine: sentences/s of ``engine.Engine`` on mixed batches, and with one adapter for every row; against one merged
   single-task transformers model (``export --format merged``) on the same batches (1.00x), and PEFT with the same 8
-  adapters (``PeftModel`` + ``load_adapter``) in a mixed batch (``adapter_names=``), the same threads. Median of 3
+  adapters (``PeftModel`` + ``load_adapter``) in a mixed batch (``adapter_names=``), the same threads. Median of 5
   passes after a warm-up.
 - memory: the process's resident memory (``VmRSS``) before and after adding the 8 adapters to a loaded engine, per
   adapter, and the bytes of their tensors; a merged copy's bytes for comparison.
@@ -55,7 +55,9 @@ def rss() -> int:
 
 
 def make_adapters(folder: Path, model: str, targets: list[str], n: int = 8, max_length: int = 128) -> dict[str, str]:
-    """``n`` checkpoints of random adapters (LoRA r=4 on ``targets``, a 2-label head each), as ``fit`` writes them."""
+    """``n`` checkpoints of random adapters (LoRA r=4 on ``targets``, a 2-label head each), as ``fit`` writes them:
+    ``lora_A`` as initialised (Kaiming-uniform), ``lora_B`` and the head drawn with a trained adapter's scale
+    (std 0.02), so activations stay as large as a real adapter's."""
     from lora_lightning.model import LoRAClassifier
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -65,9 +67,9 @@ def make_adapters(folder: Path, model: str, targets: list[str], n: int = 8, max_
         m = LoRAClassifier(model, r=4, lora_alpha=16, lora_dropout=0.0, target_modules=targets, num_labels=2,
                            id2label={0: f"no-{i}", 1: f"yes-{i}"})
         with torch.no_grad():
-            for p in m.parameters():
-                if p.requires_grad:
-                    p.normal_(std=0.2)
+            for name, p in m.named_parameters():
+                if p.requires_grad and not name.endswith("lora_A"):
+                    p.normal_(std=0.02)
         ckpt = {"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams), "global_step": 0,
                 "datamodule_hyper_parameters": {"max_length": max_length}, "pytorch-lightning_version": pl.__version__}
         m.on_save_checkpoint(ckpt)
@@ -84,7 +86,7 @@ def sentences(glue_dir: str, n: int) -> list[str]:
     return list(read_split(Path(glue_dir) / "dev.tsv", True)["sentence"][:n])
 
 
-def timed(fn, batches, passes: int = 3) -> float:
+def timed(fn, batches, passes: int = 5) -> float:
     """Sentences per second: the median of ``passes`` timed passes over ``batches`` after one warm-up pass."""
     fn(batches[0])
     rates = []

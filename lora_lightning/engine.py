@@ -139,12 +139,15 @@ class Engine:
         Raises:
             KeyError: an adapter that is not loaded.
         """
-        inputs, truncated = self.encode(rows)
-        names = [row.adapter for row in rows]
+        order = sorted(range(len(rows)), key=lambda i: self.model.slots[rows[i].adapter])  # each adapter's rows a slice
+        ordered = [rows[i] for i in order]
+        inputs, cut = self.encode(ordered)
         with self.first_token_only:
-            logits = self.model(names, **inputs).logits.float()
-        out = [self.task(row.adapter).outputs(values[: len(self.adapters[row.adapter].id2label)].unsqueeze(0))[0].cpu()
-               for row, values in zip(rows, logits)]
+            logits = self.model([row.adapter for row in ordered], **inputs).logits.float()
+        out, truncated = [None] * len(rows), [False] * len(rows)
+        for i, row, values, c in zip(order, ordered, logits, cut):
+            out[i] = self.task(row.adapter).outputs(values[: len(self.adapters[row.adapter].id2label)].unsqueeze(0))[0].cpu()
+            truncated[i] = c
         return out, truncated
 
     def task(self, name: str):

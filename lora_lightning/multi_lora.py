@@ -3,8 +3,8 @@
 Hu et al. 2021 (arXiv:2106.09685): an adapter is ``scaling * B @ A`` per adapted Linear plus its own head. Here a
 batch mixes adapters: every ``nn.Linear`` that any adapter adapts becomes a ``MultiLoRALinear``, which runs the
 base matmul once for the whole batch, ``(B, T, in) -> (B, T, out)``, then, per adapter present in the batch, the
-rank-``r`` update of that adapter's rows only (grouped: ``index_select`` of the rows, two thin matmuls,
-``index_add_`` back)::
+rank-``r`` update of that adapter's rows only (grouped: the engine sorts a batch by adapter, so each
+adapter's rows are a slice: two thin matmuls on a view, added in place)::
 
     h[rows_a] = W0 x[rows_a] + b + scaling_a * B_a A_a x[rows_a]           for each adapter a in the batch
 
@@ -65,16 +65,33 @@ class Router:
     """Which adapter each row of the current batch belongs to, shared by every multi-adapter module of a model.
 
     ``set(slots)`` with ``slots (B,)`` (an int per row) groups the rows once per batch: ``groups`` is a list of
-    ``(slot, rows)`` with ``rows`` a long tensor of row indices, in slot order.
+    ``(slot, rows)``, ``rows`` a ``slice`` when the slot's rows are contiguous (the engine sorts a batch by adapter,
+    so they are: each layer then works on views, in place), else a long tensor of row indices; in slot order.
     """
 
     def __init__(self) -> None:
-        self.groups: list[tuple[int, torch.Tensor]] = []
-        self.batch = 0
+        self.groups: list[tuple[int, slice | torch.Tensor]] = []
 
     def set(self, slots: torch.Tensor) -> None:
-        self.batch = int(slots.shape[0])
-        self.groups = [(int(s), (slots == s).nonzero(as_tuple=True)[0]) for s in torch.unique(slots).tolist()]
+        groups = []
+        for s in torch.unique(slots).tolist():
+            rows = (slots == s).nonzero(as_tuple=True)[0]
+            start, stop = int(rows[0]), int(rows[-1]) + 1
+            groups.append((int(s), slice(start, stop) if stop - start == rows.numel() else rows))
+        self.groups = groups
+
+
+def _take(x: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
+    """The rows of ``x`` (a view for a slice)."""
+    return x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
+
+
+def _add(out: torch.Tensor, rows: slice | torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``out`` with ``delta`` added to its ``rows`` (in place; ``out`` is a fresh tensor of this forward)."""
+    if isinstance(rows, slice):
+        out[rows] += delta
+        return out
+    return out.index_add_(0, rows, delta)
 
 
 class MultiLoRALinear(nn.Module):
@@ -123,15 +140,11 @@ class MultiLoRALinear(nn.Module):
             if update is None:
                 continue
             a, b, scale = update
-            xs = x if rows.numel() == x.shape[0] else x.index_select(0, rows)
-            delta = torch.nn.functional.linear(torch.nn.functional.linear(xs, a), b)  # (b, ..., r) -> (b, ..., out)
-            if scale is None:
-                out = out + delta if rows.numel() == x.shape[0] else out.index_add(0, rows, delta)
-                continue
-            base = out.index_select(0, rows)
-            plain = base if bias is None else base - bias
-            dora = (scale - 1) * plain + scale * delta  # m / ||W|| rescales the whole output, as LoRALinear does
-            out = out.index_add(0, rows, dora)
+            delta = torch.nn.functional.linear(torch.nn.functional.linear(_take(x, rows), a), b)  # (b, .., r) -> (b, .., out)
+            if scale is not None:  # DoRA: m / ||W|| rescales the whole output, as LoRALinear does
+                base = _take(out, rows)
+                delta = (scale - 1) * (base if bias is None else base - bias) + scale * delta
+            out = _add(out, rows, delta)
         return out
 
     def extra_repr(self) -> str:
@@ -160,9 +173,8 @@ class MultiHead(nn.Module):
         parts = []
         for slot, rows in self.router.groups:
             module = self.copies[str(slot)] if str(slot) in self.copies else self.base_module
-            xs = x if rows.numel() == x.shape[0] else x.index_select(0, rows)
-            parts.append((rows, module(xs, *args, **kwargs)))
-        if len(parts) == 1 and parts[0][0].numel() == x.shape[0]:
+            parts.append((rows, module(_take(x, rows), *args, **kwargs)))
+        if len(parts) == 1:
             return parts[0][1]
         width = max(p.shape[-1] for _, p in parts)
         first = parts[0][1]
@@ -170,7 +182,10 @@ class MultiHead(nn.Module):
         for rows, p in parts:
             if p.shape[-1] < width:
                 p = torch.nn.functional.pad(p, (0, width - p.shape[-1]))
-            out.index_copy_(0, rows, p)
+            if isinstance(rows, slice):
+                out[rows] = p
+            else:
+                out.index_copy_(0, rows, p)
         return out
 
 

@@ -75,7 +75,8 @@ def test_every_row_gets_its_own_adapters_answer(tmp_path, tiny_model_dir, toy_gl
     engine.remove("dora")
     again, _ = engine.outputs([r for r in rows if r.adapter != "dora"])
     kept = [o for r, o in zip(rows, outputs) if r.adapter != "dora"]
-    assert all(torch.equal(a, b) for a, b in zip(again, kept))
+    for a, b in zip(again, kept):  # the same rows in another batch: equal to float rounding
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     engine.add("dora-again", ckpts["dora"])
     assert all(torch.equal(v, base[k]) for k, v in engine.model.model.state_dict().items() if k in base)
     answers = engine.predict([Row("three", "the film is great", all_scores=True), Row("plain", "a dull movie")])
