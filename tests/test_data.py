@@ -344,17 +344,23 @@ def sst2_as_other_formats(glue_dir, tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def sst2_first_test_batch(glue_dir, packaged_model) -> dict:
+    """The SST-2 preset's first test batch from GLUE's TSV files (built once for the three formats)."""
+    sst2 = make_dm(packaged_model, glue_dir, val_split="random")  # the own-data module splits single rows too
+    return next(iter(sst2.test_dataloader()))
+
+
 @pytest.mark.parametrize("ext", ["csv", "jsonl", "parquet"])
-def test_sst2_in_other_formats_gives_the_same_batches(sst2_as_other_formats, glue_dir, packaged_model, ext):
+def test_sst2_in_other_formats_gives_the_same_batches(sst2_as_other_formats, sst2_first_test_batch, packaged_model, ext):
     """The same split sizes and the same first test batch as the SST-2 preset's TSV path; the own-data split of
     single rows is stratified (C36): each class's share of val is its share of train, to one row."""
-    sst2 = make_dm(packaged_model, glue_dir, val_split="random")  # the own-data module splits single rows too
     own = TextClassificationDataModule(str(sst2_as_other_formats / f"train.{ext}"), test_file=str(sst2_as_other_formats / f"dev.{ext}"),
                                        text_column="sentence", model_name_or_path=packaged_model)
     own.setup("fit")
     assert own.num_labels == 2 and own.id2label == {0: "0", 1: "1"}  # integer labels: their values as names
     assert {k: len(v) for k, v in own.datasets.items()} == {"train": 60_614, "val": 6_735, "test": 872}
-    a, b = next(iter(sst2.test_dataloader())), next(iter(own.test_dataloader()))
+    a, b = sst2_first_test_batch, next(iter(own.test_dataloader()))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     positives = {k: sum(own.datasets[k]["labels"]) for k in ("train", "val")}
     assert abs(positives["val"] - 37_569 * 6_735 / 67_349) <= 1 and positives["train"] + positives["val"] == 37_569
