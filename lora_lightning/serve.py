@@ -22,6 +22,7 @@ LitServe is an optional extra: ``pip install .[serve]``.
 
 # no `from __future__ import annotations`: LitServe and FastAPI read decode_request's annotation as a class
 import json
+import multiprocessing
 import os
 import shlex
 import signal
@@ -234,14 +235,25 @@ def serve(adapters: dict[str, str], model_name_or_path: str | None = None, host:
               "Stop with Ctrl-C."]
     print("\n".join(lines), flush=True)
 
-    def stop(signum, frame):  # SIGTERM (a process manager's stop) shuts down as Ctrl-C does: workers too
+    main = os.getpid()
+
+    def stop(signum, frame):
+        """SIGTERM (a process manager's stop) shuts down as Ctrl-C does. LitServe's worker processes are forked
+        and inherit this handler: they exit quietly (no traceback per worker); the main process stops them."""
+        if os.getpid() != main:
+            if multiprocessing.current_process().name.startswith("SyncManager"):
+                return  # the queues' manager: the main process shuts it down after the workers
+            os._exit(0)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run(host=host, port=port, generate_client_file=False, log_level="warning")
+    except KeyboardInterrupt:
+        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print("Stopped.", flush=True)
 
 

@@ -135,12 +135,15 @@ def test_bad_requests_are_4xx_and_the_server_goes_on(server):
 
 
 def test_it_says_where_and_stops_on_sigterm(server):
-    """The first lines name the address, the adapters and a curl to try; SIGTERM stops it (exit 0), workers too."""
+    """The first lines name the address, the adapters and a curl to try; SIGTERM to the whole process group (as
+    systemd or a container stops a service) stops it (exit 0), workers too, with no traceback from any of them."""
     text = server["log"].read_text()
     assert f"Serving 4 adapter(s) on " in text and f"at {server['url']}" in text and "curl -s " + server["url"] in text
     proc = server["proc"]
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
+    text = server["log"].read_text()
+    assert "Stopped." in text and "Traceback" not in text and "Error" not in text.split("Stop with Ctrl-C.")[-1], text[-3000:]
     deadline, alive = time.time() + 20, ["?"]
     while alive and time.time() < deadline:  # the workers, and multiprocessing's resource tracker, end after it
         alive = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
