@@ -81,6 +81,15 @@ class Router:
         self.groups = groups
 
 
+MERGE_MIN_TOKENS_PER_RANK = 64
+"""A group of ``n`` tokens of one adapter of rank ``r`` runs with that adapter's merged weight when ``n >= 64 r``."""
+
+
+def _count(rows: slice | torch.Tensor) -> int:
+    """How many rows ``rows`` names."""
+    return rows.stop - rows.start if isinstance(rows, slice) else rows.numel()
+
+
 def _take(x: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
     """The rows of ``x`` (a view for a slice)."""
     return x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
@@ -130,12 +139,46 @@ class MultiLoRALinear(nn.Module):
         self.updates.pop(slot, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x: (B, ..., in_features) -> (B, ..., out_features)``: the base once, each adapter's update on its rows."""
-        out = self.base_layer(x)
-        if not self.updates:
-            return out
+        """``x: (B, ..., in_features) -> (B, ..., out_features)``: each adapter's update on its own rows.
+
+        Chosen by measurement (``benchmarks/serve_bench.py``, docs/serving.md): an adapter's group of ``n`` tokens
+        with ``n >= MERGE_MIN_TOKENS_PER_RANK * r`` runs as one matmul with its weight merged for this forward,
+        ``W0 + scaling B A`` (merging costs ``r / n <= 1/64`` of the group's matmul); smaller groups share the base
+        matmul of the whole batch and add their two thin matmuls (what the merged weight would cost them more).
+        """
+        groups = self.router.groups
+        if not any(slot in self.updates for slot, _ in groups):
+            return self.base_layer(x)
+        tokens = x.numel() // x.shape[-1] // x.shape[0]  # per row
+        big = [slot in self.updates and _count(rows) * tokens >= MERGE_MIN_TOKENS_PER_RANK * self.updates[slot][0].shape[0]
+               for slot, rows in groups]
+        if not any(big):
+            return self._deltas(x, self.base_layer(x), groups)
+        weight, bias = self.base_layer.weight, self.base_layer.bias
+        parts = []
+        for (slot, rows), merge in zip(groups, big):
+            xs = _take(x, rows)
+            if merge:
+                a, b, scale = self.updates[slot]
+                merged = torch.addmm(weight, b, a)  # (out, in): W0 + scaling B A (scaling is folded into B)
+                if scale is not None:  # DoRA: m / ||W0 + dW|| scales W0 x + dW x, not the bias
+                    merged = merged * scale[:, None]
+                parts.append(torch.nn.functional.linear(xs, merged, bias))
+            else:
+                parts.append(self._deltas(xs, self.base_layer(xs), [(slot, slice(0, xs.shape[0]))]))
+        if all(isinstance(rows, slice) for _, rows in groups) and [r.start for _, r in groups] == \
+                [0] + [r.stop for _, r in groups][:-1] and groups[-1][1].stop == x.shape[0]:
+            return parts[0] if len(parts) == 1 else torch.cat(parts)  # the groups tile the batch, in order
+        out = parts[0].new_empty((x.shape[0], *parts[0].shape[1:]))
+        for (_, rows), part in zip(groups, parts):
+            rows = torch.arange(rows.start, rows.stop, device=x.device) if isinstance(rows, slice) else rows
+            out.index_copy_(0, rows, part)
+        return out
+
+    def _deltas(self, x: torch.Tensor, out: torch.Tensor, groups) -> torch.Tensor:
+        """``out = W0 x + b`` for every row of ``x`` with each group's update added to its rows (in place)."""
         bias = self.base_layer.bias
-        for slot, rows in self.router.groups:
+        for slot, rows in groups:
             update = self.updates.get(slot)
             if update is None:
                 continue

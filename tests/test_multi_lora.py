@@ -9,7 +9,9 @@ import torch
 
 from conftest import SENTENCES
 from lora_lightning.engine import Engine, Row
+from lora_lightning import multi_lora
 from lora_lightning.errors import CheckpointError
+from lora_lightning.lora import LoRALinear
 from lora_lightning.export import export
 from lora_lightning.model import LoRAClassifier
 
@@ -50,10 +52,14 @@ def alone(ckpt: str, texts: list[str]) -> torch.Tensor:
         return model(**batch).softmax(-1)
 
 
-def test_every_row_gets_its_own_adapters_answer(tmp_path, tiny_model_dir, toy_glue_dir):
+@pytest.mark.parametrize("route", ["deltas", "merged"])
+def test_every_row_gets_its_own_adapters_answer(tmp_path, tiny_model_dir, toy_glue_dir, monkeypatch, route):
     """Four adapters (plain, rsLoRA, DoRA, another r and other targets; one with 3 classes) in one mixed batch: each
-    row's probabilities equal its adapter's checkpoint alone within 1e-5; the base ran once (its Linears are called
-    once per forward); adding or removing an adapter leaves the base's weights and the other answers as they were."""
+    row's probabilities equal its adapter's checkpoint alone within 1e-5, on both of ``MultiLoRALinear``'s paths
+    (``deltas``: the base's matmul once for the whole batch, its Linears called once per forward, plus each group's
+    thin matmuls; ``merged``: each group with its adapter's weight merged for the forward, the base's Linear called
+    for the rows of an adapter that does not adapt it); adding or removing an adapter leaves the base's weights and the other answers as they were."""
+    monkeypatch.setattr(multi_lora, "MERGE_MIN_TOKENS_PER_RANK", 10**9 if route == "deltas" else 0)
     ckpts = {n: trained(tmp_path, tiny_model_dir, toy_glue_dir, n, **o) for n, o in VARIANTS.items()}
     ckpts["three"] = trained(tmp_path, tiny_model_dir, toy_glue_dir, "three", num_labels=3, r=4, lora_alpha=8)
     engine = Engine(tiny_model_dir)
@@ -64,9 +70,10 @@ def test_every_row_gets_its_own_adapters_answer(tmp_path, tiny_model_dir, toy_gl
     rows = [Row(names[i % len(names)], SENTENCES[i % len(SENTENCES)]) for i in range(13)]
     calls = []
     query = engine.model.model.bert.encoder.layer[0].attention.self.query
-    query.base_layer.register_forward_hook(lambda *a: calls.append(1))
+    query.base_layer.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
     outputs, _ = engine.outputs(rows)
-    assert len(calls) == 1  # the base's matmul once for the whole mixed batch
+    dora_rows = sum(r.adapter == "dora" for r in rows)  # DoRA's adapter does not adapt query: the base layer alone
+    assert calls == ([len(rows)] if route == "deltas" else [dora_rows])  # once for the whole batch, or its rows only
     for name in names:
         mine = [i for i, r in enumerate(rows) if r.adapter == name]
         expected = alone(ckpts[name], [rows[i].text for i in mine])
@@ -82,6 +89,38 @@ def test_every_row_gets_its_own_adapters_answer(tmp_path, tiny_model_dir, toy_gl
     answers = engine.predict([Row("three", "the film is great", all_scores=True), Row("plain", "a dull movie")])
     assert [s["label"] for s in answers[0]["scores"]] == ["c0", "c1", "c2"] and answers[1]["label"] in ("negative", "positive")
     assert answers[0]["score"] == max(s["score"] for s in answers[0]["scores"]) and answers[1]["truncated"] is False
+
+
+@pytest.mark.parametrize("order", ["sorted", "unsorted"])
+def test_multi_lora_linear_mixes_merged_and_unmerged_groups(monkeypatch, order):
+    """``MultiLoRALinear`` alone: three adapters (plain, DoRA, one that does not adapt this layer), rows grouped by
+    adapter (slices) or interleaved (index tensors); a threshold that merges the big group only. Each row equals
+    ``LoRALinear`` of its adapter within 1e-5 (the base layer alone for the third)."""
+    torch.manual_seed(0)
+    base = torch.nn.Linear(12, 10)
+    router = multi_lora.Router()
+    layer = multi_lora.MultiLoRALinear(base, router)
+    singles = {}
+    for slot, (r, dora) in enumerate([(4, False), (2, True)]):
+        single = LoRALinear(base, r=r, lora_alpha=2 * r, lora_dropout=0.0, use_dora=dora).eval()
+        with torch.no_grad():
+            single.lora_B.normal_()
+            if dora:
+                single.lora_magnitude.mul_(torch.rand(10) + 0.5)
+        layer.add(slot, multi_lora.LayerUpdate(single.lora_A.detach(), single.lora_B.detach(), single.scaling,
+                                               single.lora_magnitude.detach() if dora else None))
+        singles[slot] = single
+    slots = torch.tensor([0] * 6 + [1] * 2 + [2] * 3)  # (11,): adapter 0's group is the big one
+    if order == "unsorted":
+        slots = slots[torch.randperm(len(slots))]
+    x = torch.randn(len(slots), 5, 12)  # (B, T, in)
+    monkeypatch.setattr(multi_lora, "MERGE_MIN_TOKENS_PER_RANK", 6 * 5 // 4)  # 30 tokens of r=4 merge, 10 of r=2 do not
+    router.set(slots)
+    with torch.no_grad():
+        got = layer(x)
+        for i, slot in enumerate(slots.tolist()):
+            expected = singles[slot](x[i:i + 1]) if slot in singles else base(x[i:i + 1])
+            torch.testing.assert_close(got[i:i + 1], expected, atol=1e-5, rtol=0, msg=f"row {i}, adapter {slot}")
 
 
 def test_adapters_of_another_base_or_shape_are_refused(tmp_path, tiny_model_dir, tiny_roberta_dir, toy_glue_dir):
