@@ -9,8 +9,8 @@ query+value. Rows: 512 GLUE SST-2 dev sentences in file order, batches of 32, ro
 
 - engine: sentences/s of ``engine.Engine`` on mixed batches, and with one adapter for every row; against one merged
   single-task transformers model (``export --format merged``) on the same batches (1.00x), and PEFT with the same 8
-  adapters (``PeftModel`` + ``load_adapter``) in a mixed batch (``adapter_names=``), the same threads. Median of 5
-  passes after a warm-up.
+  adapters (``PeftModel`` + ``load_adapter``) in a mixed batch (``adapter_names=``), the same threads. Side by side:
+  batch by batch, the four in turn, 5 passes after a warm-up; each batch's median time (``interleaved``).
 - memory: the process's resident memory (``VmRSS``) before and after adding the 8 adapters to a loaded engine, per
   adapter, and the bytes of their tensors; a merged copy's bytes for comparison.
 - http (``--http true``): ``python -m lora_lightning serve`` with the 8 adapters, and a plain
@@ -86,16 +86,22 @@ def sentences(glue_dir: str, n: int) -> list[str]:
     return list(read_split(Path(glue_dir) / "dev.tsv", True)["sentence"][:n])
 
 
-def timed(fn, batches, passes: int = 5) -> float:
-    """Sentences per second: the median of ``passes`` timed passes over ``batches`` after one warm-up pass."""
-    fn(batches[0])
-    rates = []
+def interleaved(runs: dict, passes: int = 5) -> dict[str, float]:
+    """Sentences per second of each ``name: (fn, batches)`` (the same batches, in each one's own rows), measured side
+    by side: batch by batch, every run in turn, ``passes`` times after one warm-up pass; each batch's median time,
+    summed. Interleaving at this grain puts every run through the same moments of a shared CPU's noise (run one
+    after another, a run's rate moved by 10-15% between passes here)."""
+    for fn, batches in runs.values():
+        fn(batches[0])
+    n = len(next(iter(runs.values()))[1])
+    times = {name: [[] for _ in range(n)] for name in runs}
     for _ in range(passes):
-        start = time.perf_counter()
-        for b in batches:
-            fn(b)
-        rates.append(sum(len(b) for b in batches) / (time.perf_counter() - start))
-    return statistics.median(rates)
+        for i in range(n):
+            for name, (fn, batches) in runs.items():
+                start = time.perf_counter()
+                fn(batches[i])
+                times[name][i].append(time.perf_counter() - start)
+    return {name: sum(len(b) for b in runs[name][1]) / sum(statistics.median(t) for t in times[name]) for name in runs}
 
 
 def engine_rows(model: str, ckpts: dict[str, str], texts: list[str], batch: int, folder: Path) -> dict:
@@ -115,8 +121,6 @@ def engine_rows(model: str, ckpts: dict[str, str], texts: list[str], batch: int,
     tok = engine.tokenizer
     mixed = [[Row(names[(i + j) % len(names)], t) for j, t in enumerate(b)] for i, b in zip(range(0, len(texts), batch), batches)]
     one = [[Row(names[0], t) for t in b] for b in batches]
-    out = {"engine_mixed": timed(lambda rows: engine.outputs(rows), mixed),
-           "engine_one_adapter": timed(lambda rows: engine.outputs(rows), one)}
     merged_dir = folder / "merged"
     if not merged_dir.exists():
         export(ckpts[names[0]], str(merged_dir), format="merged")
@@ -126,7 +130,6 @@ def engine_rows(model: str, ckpts: dict[str, str], texts: list[str], batch: int,
     def run_merged(b):
         return merged(**tok(b, padding=True, truncation=True, max_length=128, return_tensors="pt")).logits
 
-    out["merged"] = timed(run_merged, batches)
     base = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(model), num_labels=2).eval()
     folders = {}
     for n, p in ckpts.items():
@@ -144,7 +147,8 @@ def engine_rows(model: str, ckpts: dict[str, str], texts: list[str], batch: int,
         texts_, adapters = [r.text for r in b_rows], [r.adapter for r in b_rows]
         return pm(**tok(texts_, padding=True, truncation=True, max_length=128, return_tensors="pt"), adapter_names=adapters).logits
 
-    out["peft_mixed"] = timed(run_peft, mixed)
+    out = interleaved({"merged": (run_merged, batches), "engine_mixed": (engine.outputs, mixed),
+                       "engine_one_adapter": (engine.outputs, one), "peft_mixed": (run_peft, mixed)})
     before = rss()
     fresh = Engine(model)
     loaded = rss()
