@@ -8,6 +8,9 @@ adapter's rows are a slice: two thin matmuls on a view, added in place)::
 
     h[rows_a] = W0 x[rows_a] + b + scaling_a * B_a A_a x[rows_a]           for each adapter a in the batch
 
+An adapter's group of at least ``64 r`` tokens runs instead as one matmul with its weight merged for that forward,
+``(W0 + scaling_a B_a A_a) x[rows_a] + b`` (the same value; chosen by measurement, ``MultiLoRALinear.forward``).
+
 DoRA rows (Liu et al. 2024, arXiv:2402.09353) are rescaled as ``LoRALinear`` does in eval mode:
 ``m_a / ||W0 + scaling_a B_a A_a|| * (W0 x + scaling_a B_a A_a x) + b``, the row norms computed once when the
 adapter is added. Each module an adapter trains in full (its head: ``classifier``; a pooler it trained) becomes a
