@@ -303,7 +303,7 @@ class PipelineAPI(ls.LitAPI):
 
 
 def pipeline_server(folder: str, port: int) -> None:
-    """The baseline: ``PipelineAPI`` behind LitServe, with the serve command's batching (32 requests, 5 ms)."""
+    """The baseline: ``PipelineAPI`` behind LitServe, with the batching the benchmark gives the serve command (32 requests, 5 ms)."""
     server = ls.LitServer(PipelineAPI(folder, max_batch_size=32, batch_timeout=0.005), accelerator="cpu")
     server.run(host="127.0.0.1", port=port, generate_client_file=False, log_level="warning")
 
