@@ -98,6 +98,14 @@ def _take(x: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
     return x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
 
 
+def _put(out: torch.Tensor, rows: slice | torch.Tensor, part: torch.Tensor) -> None:
+    """Write ``part`` into ``out``'s ``rows`` (in place)."""
+    if isinstance(rows, slice):
+        out[rows] = part
+    else:
+        out.index_copy_(0, rows, part)
+
+
 def _add(out: torch.Tensor, rows: slice | torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """``out`` with ``delta`` added to its ``rows`` (in place; ``out`` is a fresh tensor of this forward)."""
     if isinstance(rows, slice):
@@ -146,8 +154,9 @@ class MultiLoRALinear(nn.Module):
 
         Chosen by measurement (``benchmarks/serve_bench.py``, docs/serving.md): an adapter's group of ``n`` tokens
         with ``n >= MERGE_MIN_TOKENS_PER_RANK * r`` runs as one matmul with its weight merged for this forward,
-        ``W0 + scaling B A`` (merging costs ``r / n <= 1/64`` of the group's matmul); smaller groups share the base
-        matmul of the whole batch and add their two thin matmuls (what the merged weight would cost them more).
+        ``W0 + scaling B A`` (merging costs ``r / n <= 1/64`` of the group's matmul); smaller groups add their two
+        thin matmuls to the base matmul, run once for the whole batch when no group of it is merged, else on their
+        own rows.
         """
         groups = self.router.groups
         if not any(slot in self.updates for slot, _ in groups):
@@ -169,13 +178,11 @@ class MultiLoRALinear(nn.Module):
                 parts.append(torch.nn.functional.linear(xs, merged, bias))
             else:
                 parts.append(self._deltas(xs, self.base_layer(xs), [(slot, slice(0, xs.shape[0]))]))
-        if all(isinstance(rows, slice) for _, rows in groups) and [r.start for _, r in groups] == \
-                [0] + [r.stop for _, r in groups][:-1] and groups[-1][1].stop == x.shape[0]:
-            return parts[0] if len(parts) == 1 else torch.cat(parts)  # the groups tile the batch, in order
+        if len(parts) == 1:
+            return parts[0]  # one adapter: its group is the whole batch
         out = parts[0].new_empty((x.shape[0], *parts[0].shape[1:]))
         for (_, rows), part in zip(groups, parts):
-            rows = torch.arange(rows.start, rows.stop, device=x.device) if isinstance(rows, slice) else rows
-            out.index_copy_(0, rows, part)
+            _put(out, rows, part)
         return out
 
     def _deltas(self, x: torch.Tensor, out: torch.Tensor, groups) -> torch.Tensor:
@@ -228,10 +235,7 @@ class MultiHead(nn.Module):
         for rows, p in parts:
             if p.shape[-1] < width:
                 p = torch.nn.functional.pad(p, (0, width - p.shape[-1]))
-            if isinstance(rows, slice):
-                out[rows] = p
-            else:
-                out.index_copy_(0, rows, p)
+            _put(out, rows, p)
         return out
 
 
